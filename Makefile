@@ -1,0 +1,30 @@
+# The two commands of the README: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: demo test install venv bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+
+venv: $(BIN)/python
+
+# A real (non-editable) install, so twistd finds the plugin the way it will on a host.
+install: venv
+	$(BIN)/pip install -q '.[test]'
+
+demo: install
+	$(BIN)/drbd-proxy-demo
+
+# pytest exits 5 when it collected nothing: that is a failure here, like any other non-zero code.
+test: install
+	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider . ; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+bench: install
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache

@@ -1,0 +1,425 @@
+"""Payload structs a DRBD 8.4-dialect peer needs, each with ``pack()`` and ``unpack()``.
+
+All fields are big-endian except ``block_id`` and ``barrier``: those are opaque host-order cookies
+that the peer only echoes, so they are kept as raw bytes here and never interpreted.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .header import WireError
+
+
+class PayloadError(WireError):
+    """A payload had the wrong size or an impossible value."""
+
+
+def _check_size(name: str, buf: bytes | memoryview, size: int, exact: bool = True) -> None:
+    if (len(buf) != size) if exact else (len(buf) < size):
+        raise PayloadError(f"{name} payload is {len(buf)} bytes, expected {size}")
+
+
+class WireProtocol(enum.IntEnum):
+    """DRBD's replication protocols (``net { protocol X; }``)."""
+
+    A = 1
+    B = 2
+    C = 3
+
+
+# dp_flags of P_DATA
+DP_RW_SYNC = 2
+DP_MAY_SET_IN_SYNC = 4
+DP_UNPLUG = 8
+DP_FUA = 16
+DP_FLUSH = 32
+DP_SEND_RECEIVE_ACK = 128
+DP_SEND_WRITE_ACK = 256
+
+# feature flags of P_CONNECTION_FEATURES
+FF_TRIM = 1
+FF_THIN_RESYNC = 2
+FF_WSAME = 4
+FF_WZEROES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionFeatures:
+    """p_connection_features: 72 bytes, always sent with an h80 header."""
+
+    protocol_min: int
+    feature_flags: int
+    protocol_max: int
+    sender_node_id: int = 0
+    receiver_node_id: int = 0
+
+    SIZE: ClassVar[int] = 72
+    _S: ClassVar[struct.Struct] = struct.Struct(">IIIIII48x")
+
+    def pack(self) -> bytes:
+        return self._S.pack(
+            self.protocol_min,
+            self.feature_flags,
+            self.protocol_max,
+            self.sender_node_id,
+            self.receiver_node_id,
+            0,
+        )
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> ConnectionFeatures:
+        _check_size("P_CONNECTION_FEATURES", buf, cls.SIZE)
+        pmin, flags, pmax, snode, rnode, _ = cls._S.unpack(buf)
+        return cls(pmin, flags, pmax or pmin, snode, rnode)
+
+
+def agree_version(mine: ConnectionFeatures, peer: ConnectionFeatures) -> int:
+    """The protocol version both sides speak, as ``drbd_do_features`` computes it.
+
+    :raises PayloadError: the version ranges do not overlap.
+    """
+    if peer.protocol_max < mine.protocol_min or mine.protocol_max < peer.protocol_min:
+        raise PayloadError(
+            f"incompatible DRBD dialects: I support {mine.protocol_min}-{mine.protocol_max},"
+            f" peer supports {peer.protocol_min}-{peer.protocol_max}"
+        )
+    return min(mine.protocol_max, peer.protocol_max)
+
+
+@dataclass(frozen=True, slots=True)
+class Protocol:
+    """p_protocol plus the NUL-terminated integrity_alg string (apv >= 87)."""
+
+    protocol: WireProtocol
+    after_sb_0p: int = 0
+    after_sb_1p: int = 0
+    after_sb_2p: int = 0
+    conn_flags: int = 0
+    two_primaries: int = 0
+    integrity_alg: str = ""
+
+    _S: ClassVar[struct.Struct] = struct.Struct(">6I")
+
+    def pack(self) -> bytes:
+        fixed = self._S.pack(
+            self.protocol,
+            self.after_sb_0p,
+            self.after_sb_1p,
+            self.after_sb_2p,
+            self.conn_flags,
+            self.two_primaries,
+        )
+        return fixed + self.integrity_alg.encode("ascii") + b"\0"
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> Protocol:
+        _check_size("P_PROTOCOL", buf, cls._S.size + 1, exact=False)
+        fields = cls._S.unpack_from(buf)
+        alg = bytes(buf[cls._S.size :]).split(b"\0", 1)[0].decode("ascii", "replace")
+        try:
+            proto = WireProtocol(fields[0])
+        except ValueError:
+            raise PayloadError(f"P_PROTOCOL names unknown protocol {fields[0]}") from None
+        return cls(proto, *fields[1:], integrity_alg=alg)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncParam95:
+    """p_rs_param_95: the P_SYNC_PARAM89 payload at apv >= 95 (148 bytes)."""
+
+    resync_rate: int = 250
+    verify_alg: str = ""
+    csums_alg: str = ""
+    c_plan_ahead: int = 20
+    c_delay_target: int = 10
+    c_fill_target: int = 100
+    c_max_rate: int = 102400
+
+    SIZE: ClassVar[int] = 148
+    _S: ClassVar[struct.Struct] = struct.Struct(">I64s64sIIII")
+
+    def pack(self) -> bytes:
+        return self._S.pack(
+            self.resync_rate,
+            self.verify_alg.encode("ascii"),
+            self.csums_alg.encode("ascii"),
+            self.c_plan_ahead,
+            self.c_delay_target,
+            self.c_fill_target,
+            self.c_max_rate,
+        )
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> SyncParam95:
+        _check_size("P_SYNC_PARAM89", buf, cls.SIZE)
+        rate, verify, csums, plan, delay, fill, maxr = cls._S.unpack(buf)
+
+        def text(raw: bytes) -> str:
+            return raw.split(b"\0", 1)[0].decode("ascii", "replace")
+
+        return cls(rate, text(verify), text(csums), plan, delay, fill, maxr)
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """p_sizes without o_qlim (FF_WSAME not agreed): sizes in 512-byte sectors."""
+
+    d_size: int
+    u_size: int
+    c_size: int
+    max_bio_size: int = 1 << 20
+    queue_order_type: int = 0
+    dds_flags: int = 0
+
+    SIZE: ClassVar[int] = 32
+    _S: ClassVar[struct.Struct] = struct.Struct(">QQQIHH")
+
+    def pack(self) -> bytes:
+        return self._S.pack(
+            self.d_size,
+            self.u_size,
+            self.c_size,
+            self.max_bio_size,
+            self.queue_order_type,
+            self.dds_flags,
+        )
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> Sizes:
+        _check_size("P_SIZES", buf, cls.SIZE, exact=False)
+        return cls(*cls._S.unpack_from(buf))
+
+
+@dataclass(frozen=True, slots=True)
+class Uuids:
+    """p_uuids: current, bitmap, two history UUIDs, bitmap weight and flags."""
+
+    current: int
+    bitmap: int = 0
+    history0: int = 0
+    history1: int = 0
+    dirty_bits: int = 0
+    uuid_flags: int = 0
+
+    SIZE: ClassVar[int] = 48
+    _S: ClassVar[struct.Struct] = struct.Struct(">6Q")
+
+    def pack(self) -> bytes:
+        return self._S.pack(
+            self.current,
+            self.bitmap,
+            self.history0,
+            self.history1,
+            self.dirty_bits,
+            self.uuid_flags,
+        )
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> Uuids:
+        _check_size("P_UUIDS", buf, cls.SIZE)
+        return cls(*cls._S.unpack(buf))
+
+
+class Role(enum.IntEnum):
+    PRIMARY = 1
+    SECONDARY = 2
+
+
+class ConnState(enum.IntEnum):
+    """8.4 connection states as they appear in P_STATE (the subset a simple peer uses)."""
+
+    WF_CONNECTION = 8
+    WF_REPORT_PARAMS = 9
+    CONNECTED = 10
+    AHEAD = 22
+    BEHIND = 23
+
+
+class DiskState(enum.IntEnum):
+    DISKLESS = 0
+    INCONSISTENT = 5
+    OUTDATED = 6
+    DUNKNOWN = 7
+    CONSISTENT = 8
+    UP_TO_DATE = 9
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """p_state: DRBD's little-endian ``union drbd_state`` bitfield, sent as a be32."""
+
+    role: int
+    peer: int
+    conn: int
+    disk: int
+    pdsk: int
+    other: int = 0
+
+    SIZE: ClassVar[int] = 4
+
+    @property
+    def word(self) -> int:
+        return (
+            (self.role & 0x3)
+            | (self.peer & 0x3) << 2
+            | (self.conn & 0x1F) << 4
+            | (self.disk & 0xF) << 9
+            | (self.pdsk & 0xF) << 13
+            | (self.other << 17)
+        )
+
+    def pack(self) -> bytes:
+        return self.word.to_bytes(4, "big")
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> State:
+        _check_size("P_STATE", buf, cls.SIZE)
+        w = int.from_bytes(buf, "big")
+        return cls(w & 0x3, (w >> 2) & 0x3, (w >> 4) & 0x1F, (w >> 9) & 0xF, (w >> 13) & 0xF, w >> 17)
+
+
+@dataclass(frozen=True, slots=True)
+class ReqState:
+    """p_req_state: a state change request (mask and value words)."""
+
+    mask: int
+    val: int
+
+    SIZE: ClassVar[int] = 8
+    _S: ClassVar[struct.Struct] = struct.Struct(">II")
+
+    def pack(self) -> bytes:
+        return self._S.pack(self.mask, self.val)
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> ReqState:
+        _check_size("state change request", buf, cls.SIZE)
+        return cls(*cls._S.unpack(buf))
+
+
+#: SS_SUCCESS, the retcode of a granted state change.
+SS_SUCCESS = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ReqStateReply:
+    retcode: int
+
+    SIZE: ClassVar[int] = 4
+
+    def pack(self) -> bytes:
+        return self.retcode.to_bytes(4, "big", signed=True)
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> ReqStateReply:
+        _check_size("state change reply", buf, cls.SIZE)
+        return cls(int.from_bytes(buf, "big", signed=True))
+
+
+@dataclass(frozen=True, slots=True)
+class DataHeader:
+    """p_data: the 24 bytes in front of a P_DATA block."""
+
+    sector: int
+    block_id: bytes
+    seq_num: int
+    dp_flags: int
+
+    SIZE: ClassVar[int] = 24
+    _S: ClassVar[struct.Struct] = struct.Struct(">Q8sII")
+
+    def pack(self) -> bytes:
+        return self._S.pack(self.sector, self.block_id, self.seq_num, self.dp_flags)
+
+    @classmethod
+    def unpack(cls, buf: bytes | memoryview) -> DataHeader:
+        _check_size("P_DATA", buf, cls.SIZE, exact=False)
+        return cls(*cls._S.unpack_from(buf))
+
+
+@dataclass(frozen=True, slots=True)
+class BlockAck:
+    """p_block_ack: P_RECV_ACK, P_WRITE_ACK and the other meta-socket block acks."""
+
+    sector: int
+    block_id: bytes
+    blksize: int
+    seq_num: int
+
+    SIZE: ClassVar[int] = 24
+    _S: ClassVar[struct.Struct] = struct.Struct(">Q8sII")
+
+    def pack(self) -> bytes:
+        return self._S.pack(self.sector, self.block_id, self.blksize, self.seq_num)
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> BlockAck:
+        _check_size("block ack", buf, cls.SIZE)
+        return cls(*cls._S.unpack(buf))
+
+
+@dataclass(frozen=True, slots=True)
+class Barrier:
+    """p_barrier: closes an epoch; ``barrier`` is the epoch number in host order (opaque)."""
+
+    barrier: bytes
+
+    SIZE: ClassVar[int] = 8
+
+    def pack(self) -> bytes:
+        return self.barrier + b"\0\0\0\0"
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> Barrier:
+        _check_size("P_BARRIER", buf, cls.SIZE)
+        return cls(bytes(buf[:4]))
+
+
+@dataclass(frozen=True, slots=True)
+class BarrierAck:
+    """p_barrier_ack: echoes the barrier cookie and counts the writes of that epoch."""
+
+    barrier: bytes
+    set_size: int
+
+    SIZE: ClassVar[int] = 8
+
+    def pack(self) -> bytes:
+        return self.barrier + self.set_size.to_bytes(4, "big")
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> BarrierAck:
+        _check_size("P_BARRIER_ACK", buf, cls.SIZE)
+        return cls(bytes(buf[:4]), int.from_bytes(buf[4:], "big"))
+
+
+@dataclass(frozen=True, slots=True)
+class BlockDesc:
+    """p_block_desc: P_OUT_OF_SYNC (Ahead/Behind mode) and P_RS_DEALLOCATED."""
+
+    sector: int
+    blksize: int
+
+    SIZE: ClassVar[int] = 16
+    _S: ClassVar[struct.Struct] = struct.Struct(">QI4x")
+
+    def pack(self) -> bytes:
+        return self._S.pack(self.sector, self.blksize)
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> BlockDesc:
+        _check_size("block descriptor", buf, cls.SIZE)
+        return cls(*cls._S.unpack(buf))
+
+
+def host_cookie(value: int, size: int = 8) -> bytes:
+    """An opaque host-order cookie (block_id, barrier) as an x86 kernel would put it on the wire."""
+    return value.to_bytes(size, "little")
+
+
+def cookie_value(raw: bytes) -> int:
+    return int.from_bytes(raw, "little")

@@ -1,0 +1,192 @@
+"""``drbd-sim``: the command line of the userspace DRBD peer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, NoReturn, Sequence
+
+from ..drbd.payloads import WireProtocol
+from ..units import parse_address, parse_size
+from .config import SimConfig
+from .workload import MAX_BLOCK, STAMP, WORKLOADS
+
+DESCRIPTION = """\
+A userspace DRBD peer speaking the DRBD 8.4 dialect (protocol 86-101, h100 headers).
+Like DRBD, a node listens on its own address and connects to its peer, opening a data and a
+meta socket. The primary streams P_DATA in epochs closed by P_BARRIER; the secondary checks
+every block's content and order and acknowledges per protocol A, B or C. Both ping each other
+on the meta socket. At the end it prints a JSON report; the exit status is 0 only if the run
+was verified, 1 if it failed, 2 for a usage error.
+"""
+
+EPILOG = """\
+example (two nodes on loopback, directly):
+  drbd-sim --role secondary --listen 127.0.0.1:7790 --peer 127.0.0.1:7789 &
+  drbd-sim --role primary   --listen 127.0.0.1:7789 --peer 127.0.0.1:7790 --size 64M
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, as the rest of drbdproxy's tools do.
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _address(text: str) -> tuple[str, int]:
+    try:
+        return parse_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive(kind: type) -> Any:
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+        return value
+
+    return convert
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="drbd-sim",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a = p.add_argument
+    a("--role", required=True, choices=("primary", "secondary"),
+      help="primary writes and verifies acks; secondary receives, verifies and acks")
+    a("--listen", required=True, type=_address, metavar="IP:PORT",
+      help="this node's DRBD address: where it listens (and the source IP of its connects)")
+    a("--peer", required=True, type=_address, metavar="IP:PORT",
+      help="where it connects: the local proxy's inside address, or the other node directly")
+    a("--protocol", default="C", choices=("A", "B", "C"),
+      help="DRBD replication protocol: A async, B receive ack, C write ack (default C)")
+    a("--workload", default="disk", choices=WORKLOADS,
+      help="primary's block content: disk (filesystem-like, about 2:1 lz4 compressible),"
+           " random (incompressible) or zeros (default disk); the secondary detects it")
+    a("--seed", type=int, default=1, help="seed of the deterministic workload (default 1)")
+    a("--size", type=_size, default=None, metavar="BYTES",
+      help="bytes the primary writes, k/M/G suffixes (default 64M, or unlimited with --duration)")
+    a("--duration", type=_positive(float), default=None, metavar="S",
+      help="the primary stops writing after S seconds (whichever of --size/--duration comes first)")
+    a("--block-size", type=_size, default=64 << 10, metavar="BYTES",
+      help=f"bytes per write, a multiple of 512 from 512 to {MAX_BLOCK >> 10}k (default 64k)")
+    a("--epoch", type=_positive(int), default=2048, metavar="WRITES",
+      help="writes per epoch before a P_BARRIER (DRBD's max-epoch-size, default 2048)")
+    a("--rate", type=_size, default=None, metavar="BYTES/S",
+      help="cap the primary's write rate, k/M/G suffixes (default: as fast as it can)")
+    a("--iodepth", type=int, default=0, metavar="N",
+      help="protocols B/C: at most N writes waiting for their ack (default 0: no limit)")
+    a("--ping-int", type=_positive(float), default=1.0, metavar="S",
+      help="seconds between P_PINGs on the meta socket (default 1; DRBD's is 10)")
+    a("--ping-timeout", type=_positive(float), default=0.5, metavar="S",
+      help="seconds a P_PING_ACK may take before the connection is dropped (default 0.5)")
+    a("--connect-int", type=_positive(float), default=0.5, metavar="S",
+      help="seconds between connection attempts, randomised like DRBD's (default 0.5)")
+    a("--connect-timeout", type=_positive(float), default=60.0, metavar="S",
+      help="give up if not connected within S seconds (default 60)")
+    a("--device-size", type=_size, default=1 << 30, metavar="BYTES",
+      help="size of the simulated device; writes wrap around at its end (default 1G)")
+    a("--progress", type=_positive(float), default=None, metavar="S",
+      help="log bytes written/verified to stderr every S seconds")
+    a("--report", default="-", metavar="FILE|-",
+      help="where to write the JSON report (default -: standard output)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> SimConfig:
+    bs = args.block_size
+    if bs % 512 or not max(512, STAMP.size) <= bs <= MAX_BLOCK:
+        parser.error(f"--block-size {bs} must be a multiple of 512 from 512 to {MAX_BLOCK}")
+    if args.device_size < 2 * bs:
+        parser.error("--device-size must hold at least two blocks")
+    if args.listen == args.peer:
+        parser.error("--listen and --peer must differ")
+    size = args.size if args.size is not None else (None if args.duration else 64 << 20)
+    return SimConfig(
+        role=args.role,
+        listen=args.listen,
+        peer=args.peer,
+        protocol=WireProtocol[args.protocol],
+        workload=args.workload,
+        seed=args.seed,
+        size=size,
+        duration=args.duration,
+        block_size=bs,
+        epoch=args.epoch,
+        rate=args.rate,
+        iodepth=max(0, args.iodepth),
+        ping_int=args.ping_int,
+        ping_timeout=args.ping_timeout,
+        connect_int=args.connect_int,
+        connect_timeout=args.connect_timeout,
+        device_size=args.device_size,
+        progress=args.progress or 0.0,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = config_from_args(args, parser)
+
+    from twisted.internet import reactor
+    from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from .node import Node, stderr_log
+
+    # Only Twisted's own warnings and unhandled errors: the sim's events are its stderr lines.
+    errors = FilteringLogObserver(
+        textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(LogLevel.warn)]
+    )
+    globalLogBeginner.beginLoggingTo([errors], redirectStandardIO=False)
+
+    result: dict[str, Any] = {}
+
+    def done(report: dict[str, Any]) -> None:
+        result.update(report)
+        reactor.stop()  # type: ignore[attr-defined]
+
+    def start() -> None:
+        node = Node(config, reactor, stderr_log(config.role))
+        try:
+            d = node.run()
+        except Exception as e:  # a port in use, an address we cannot bind
+            print(f"drbd-sim: error: {e}", file=sys.stderr)
+            result["_startup_error"] = True
+            reactor.stop()  # type: ignore[attr-defined]
+            return
+        d.addCallback(done)
+
+    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    if not result or result.get("_startup_error"):
+        sys.exit(1)
+    text = json.dumps(result, indent=2)
+    if args.report == "-":
+        print(text, flush=True)
+    else:
+        with open(args.report, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    sys.exit(0 if result["verified"] else 1)
+
+
+if __name__ == "__main__":
+    main()

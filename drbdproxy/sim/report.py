@@ -1,0 +1,67 @@
+"""What a drbd-sim run measured, and its JSON report."""
+
+from __future__ import annotations
+
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def percentiles(samples: array[float] | list[float]) -> dict[str, float | None]:
+    """p50, p99 and max of samples given in seconds, reported in milliseconds."""
+    if not samples:
+        return {"p50": None, "p99": None, "max": None}
+    ordered = sorted(samples)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+    return {"p50": at(0.50), "p99": at(0.99), "max": round(ordered[-1] * 1000, 3)}
+
+
+@dataclass
+class Stats:
+    """Counters a node keeps while it runs."""
+
+    packets_sent: Counter[str] = field(default_factory=Counter)
+    packets_received: Counter[str] = field(default_factory=Counter)
+    write_latency: array[float] = field(default_factory=lambda: array("d"))
+    ping_rtt: array[float] = field(default_factory=lambda: array("d"))
+    bytes: int = 0
+    writes: int = 0
+    epochs: int = 0
+    started: float | None = None
+    finished: float | None = None
+
+    @property
+    def duration(self) -> float:
+        if self.started is None or self.finished is None:
+            return 0.0
+        return self.finished - self.started
+
+
+def build_report(
+    role: str,
+    stats: Stats,
+    error: str | None,
+    verified: bool,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    duration = stats.duration
+    return {
+        "role": role,
+        "verified": verified,
+        "error": error,
+        "bytes": stats.bytes,
+        "writes": stats.writes,
+        "epochs": stats.epochs,
+        "duration_s": round(duration, 3),
+        "mb_per_s": round(stats.bytes / duration / 1e6, 3) if duration > 0 else 0.0,
+        "write_latency_ms": percentiles(stats.write_latency),
+        "ping_rtt_ms": percentiles(stats.ping_rtt),
+        "pings": len(stats.ping_rtt),
+        "packets_sent": dict(sorted(stats.packets_sent.items())),
+        "packets_received": dict(sorted(stats.packets_received.items())),
+        **extra,
+    }

@@ -1,0 +1,58 @@
+"""Sizes and addresses as DRBD and drbd-proxy-ctl write them."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)[iI]?[bB]?\s*$")
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``128M`` -> 134217728. Units k, M, G, T are binary, as in DRBD; a bare number is bytes.
+
+    :raises ValueError: with a message naming the bad text.
+    """
+    m = _SIZE.match(text)
+    if not m:
+        raise ValueError(f"bad size {text!r}: expected a number with an optional k/M/G suffix")
+    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+def format_size(n: float) -> str:
+    """A short human-readable size: 1.5M, 12.0G, 512."""
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(n) < 1024 or unit == "T":
+            return f"{n:.0f}" if unit == "" else f"{n:.1f}{unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``IP:PORT`` -> (ip, port). IPv6 with brackets or without (split at the last colon).
+
+    An optional DRBD address family prefix (``ipv4 1.2.3.4:7789``) is accepted.
+
+    :raises ValueError: with a message naming the bad text.
+    """
+    raw = text.strip()
+    for family in ("ipv4 ", "ipv6 "):
+        if raw.startswith(family):
+            raw = raw[len(family) :].strip()
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"bad address {text!r}: expected IP:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"bad address {text!r}: {host!r} is not an IP address") from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad address {text!r}: port must be 1-65535")
+    return str(ip), int(port)
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

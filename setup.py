@@ -1,0 +1,34 @@
+"""drbdproxy: an open DRBD Proxy on Twisted."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="drbdproxy",
+    version="0.1.0",
+    description="An open-source DRBD Proxy: buffers, compresses and relays DRBD over a WAN",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="GPL-2.0-or-later",
+    python_requires=">=3.11",
+    packages=find_packages(include=["drbdproxy", "drbdproxy.*"]),
+    install_requires=[
+        "twisted[tls,conch]>=23.8",
+        "automat",
+        "zope.interface",
+        "lz4>=4",
+        "zstandard",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "hypothesis"],
+    },
+    entry_points={
+        "console_scripts": [
+            "drbd-sim = drbdproxy.sim.cli:main",
+        ],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Topic :: System :: Networking",
+        "Programming Language :: Python :: 3",
+    ],
+)

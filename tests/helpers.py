@@ -1,0 +1,112 @@
+"""Test helpers: loopback ports, drbd-sim subprocesses, waiting on events (never on sleeps)."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    """A console script installed beside this Python (the project's .venv/bin)."""
+    path = BIN / name
+    if not path.exists():
+        raise RuntimeError(f"{name} is not installed in {BIN}: run `make test`")
+    return str(path)
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """n distinct ports that were free on ``host`` a moment ago, in ascending order."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            s.bind((host, 0))
+            socks.append(s)
+        return sorted(s.getsockname()[1] for s in socks)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def have(program: str) -> bool:
+    return shutil.which(program) is not None
+
+
+class SimProcess:
+    """A drbd-sim subprocess whose stderr lines can be awaited and whose report can be read."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.args = args
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stderr: list[str] = []
+        self.proc = subprocess.Popen(
+            [tool("drbd-sim"), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for_line(self, needle: str, timeout: float = 60) -> str:
+        """Block until a stderr line contains ``needle`` (the event), failing if the process ends."""
+        while True:
+            line = self.lines.get(timeout=timeout)
+            if line is None:
+                raise AssertionError(
+                    f"drbd-sim exited before printing {needle!r}: {''.join(self.stderr)}"
+                )
+            if needle in line:
+                return line
+
+    def report(self, timeout: float = 120) -> tuple[int, dict[str, Any]]:
+        """Wait for the process to end; its exit status and JSON report."""
+        out, _ = self.proc.communicate(timeout=timeout)
+        self._reader.join(timeout=10)
+        try:
+            return self.proc.returncode, json.loads(out)
+        except json.JSONDecodeError:
+            raise AssertionError(
+                f"no JSON report (rc {self.proc.returncode}): {out!r} {''.join(self.stderr)}"
+            ) from None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def sim_pair_args(
+    primary_port: int, secondary_port: int, *extra: str, host: str = "127.0.0.1"
+) -> tuple[list[str], list[str]]:
+    """Arguments for a primary and a secondary replicating directly to each other."""
+    p = f"{host}:{primary_port}"
+    s = f"{host}:{secondary_port}"
+    common = ["--connect-timeout", "60", "--ping-timeout", "5", *extra]
+    return (
+        ["--role", "primary", "--listen", p, "--peer", s, *common],
+        ["--role", "secondary", "--listen", s, "--peer", p, *common],
+    )
+
+
+def env_without_proxy_socket() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("DRBD_PROXY_CTL_SOCKET", None)
+    return env
