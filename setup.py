@@ -24,6 +24,7 @@ setup(
     entry_points={
         "console_scripts": [
             "drbd-sim = drbdproxy.sim.cli:main",
+            "drbd-proxy-demo = drbdproxy.demo:main",
         ],
     },
     classifiers=[

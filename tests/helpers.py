@@ -78,7 +78,14 @@ class SimProcess:
 
     def report(self, timeout: float = 120) -> tuple[int, dict[str, Any]]:
         """Wait for the process to end; its exit status and JSON report."""
-        out, _ = self.proc.communicate(timeout=timeout)
+        assert self.proc.stdout is not None
+        timer = threading.Timer(timeout, self.proc.kill)  # a hung run fails instead of hanging
+        timer.start()
+        try:
+            out = self.proc.stdout.read()
+            self.proc.wait()
+        finally:
+            timer.cancel()
         self._reader.join(timeout=10)
         try:
             return self.proc.returncode, json.loads(out)

@@ -140,7 +140,7 @@ _TABLE: list[tuple[Cmd, Sock, int | None, bool, bool]] = [
     (Cmd.P_SYNC_PARAM, D, None, False, True),
     (Cmd.P_PROTOCOL, D, None, False, True),
     (Cmd.P_UUIDS, D, 48, False, True),
-    (Cmd.P_SIZES, D, None, False, True),
+    (Cmd.P_SIZES, D, None, False, True),  # 32, or 56 with o_qlim
     (Cmd.P_STATE, D, 4, False, True),
     (Cmd.P_SYNC_UUID, D, 8, False, True),
     (Cmd.P_AUTH_CHALLENGE, D, None, False, True),

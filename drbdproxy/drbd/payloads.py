@@ -165,8 +165,44 @@ class SyncParam95:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """o_qlim: appended to p_sizes when FF_WSAME was agreed (24 bytes)."""
+
+    physical_block_size: int = 512
+    logical_block_size: int = 512
+    alignment_offset: int = 0
+    io_min: int = 512
+    io_opt: int = 0
+    discard_enabled: int = 0
+    discard_zeroes_data: int = 0
+    write_same_capable: int = 0
+    bm_block_shift_minus_12: int = 0
+
+    SIZE: ClassVar[int] = 24
+    _S: ClassVar[struct.Struct] = struct.Struct(">5I4B")
+
+    def pack(self) -> bytes:
+        return self._S.pack(
+            self.physical_block_size,
+            self.logical_block_size,
+            self.alignment_offset,
+            self.io_min,
+            self.io_opt,
+            self.discard_enabled,
+            self.discard_zeroes_data,
+            self.write_same_capable,
+            self.bm_block_shift_minus_12,
+        )
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> QueueLimits:
+        _check_size("o_qlim", buf, cls.SIZE)
+        return cls(*cls._S.unpack(buf))
+
+
+@dataclass(frozen=True, slots=True)
 class Sizes:
-    """p_sizes without o_qlim (FF_WSAME not agreed): sizes in 512-byte sectors."""
+    """p_sizes (sizes in 512-byte sectors), with o_qlim when FF_WSAME was agreed."""
 
     d_size: int
     u_size: int
@@ -174,12 +210,13 @@ class Sizes:
     max_bio_size: int = 1 << 20
     queue_order_type: int = 0
     dds_flags: int = 0
+    qlim: QueueLimits | None = None
 
     SIZE: ClassVar[int] = 32
     _S: ClassVar[struct.Struct] = struct.Struct(">QQQIHH")
 
     def pack(self) -> bytes:
-        return self._S.pack(
+        fixed = self._S.pack(
             self.d_size,
             self.u_size,
             self.c_size,
@@ -187,11 +224,14 @@ class Sizes:
             self.queue_order_type,
             self.dds_flags,
         )
+        return fixed + (self.qlim.pack() if self.qlim is not None else b"")
 
     @classmethod
     def unpack(cls, buf: bytes) -> Sizes:
-        _check_size("P_SIZES", buf, cls.SIZE, exact=False)
-        return cls(*cls._S.unpack_from(buf))
+        if len(buf) not in (cls.SIZE, cls.SIZE + QueueLimits.SIZE):
+            raise PayloadError(f"P_SIZES payload is {len(buf)} bytes, expected 32 or 56")
+        qlim = QueueLimits.unpack(buf[cls.SIZE :]) if len(buf) > cls.SIZE else None
+        return cls(*cls._S.unpack_from(buf), qlim=qlim)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,12 +14,14 @@ from ..drbd.packets import Cmd
 from ..drbd.payloads import (
     FF_THIN_RESYNC,
     FF_TRIM,
+    FF_WSAME,
     FF_WZEROES,
     ConnectionFeatures,
     ConnState,
     DiskState,
     PayloadError,
     Protocol,
+    QueueLimits,
     Role,
     Sizes,
     State,
@@ -33,7 +35,9 @@ PROTOCOL_MIN = 86
 PROTOCOL_MAX = 101
 #: What both simulated nodes' disks hold at the start: equal UUIDs, so no resync is needed.
 CURRENT_UUID = 0x5EED_D8BD_0000_0004
-FEATURES = ConnectionFeatures(PROTOCOL_MIN, FF_TRIM | FF_THIN_RESYNC | FF_WZEROES, PROTOCOL_MAX)
+FEATURES = ConnectionFeatures(
+    PROTOCOL_MIN, FF_TRIM | FF_THIN_RESYNC | FF_WSAME | FF_WZEROES, PROTOCOL_MAX
+)
 
 
 class HandshakeError(Exception):
@@ -46,13 +50,16 @@ def state_packet(primary: bool, conn: ConnState) -> bytes:
 
 
 def parameter_packets(
-    primary: bool, protocol: WireProtocol, device_sectors: int
+    primary: bool, protocol: WireProtocol, device_sectors: int, features: int
 ) -> list[tuple[Cmd, bytes]]:
     """What a node sends after features, in DRBD's order (``drbd_connected``)."""
+    # With FF_WSAME agreed, DRBD appends its queue limits to P_SIZES.
+    qlim = QueueLimits() if features & FF_WSAME else None
+    sizes = Sizes(device_sectors, device_sectors, device_sectors, qlim=qlim)
     return [
         (Cmd.P_PROTOCOL, Protocol(protocol).pack()),
         (Cmd.P_SYNC_PARAM89, SyncParam95().pack()),
-        (Cmd.P_SIZES, Sizes(device_sectors, device_sectors, device_sectors).pack()),
+        (Cmd.P_SIZES, sizes.pack()),
         (Cmd.P_UUIDS, Uuids(CURRENT_UUID, dirty_bits=0).pack()),
         (Cmd.P_STATE, state_packet(primary, ConnState.WF_REPORT_PARAMS)),
     ]
@@ -63,6 +70,7 @@ class Handshake:
     primary: bool
     protocol: WireProtocol
     agreed_version: int | None = None
+    agreed_features: int = 0
     peer_sizes: Sizes | None = None
     peer_state: State | None = None
     _seen: set[Cmd] = field(default_factory=set)
@@ -88,9 +96,9 @@ class Handshake:
         if self.agreed_version is None:
             if cmd != Cmd.P_CONNECTION_FEATURES:
                 raise HandshakeError(f"expected P_CONNECTION_FEATURES, got {packet.name}")
-            self.agreed_version = agree_version(
-                FEATURES, ConnectionFeatures.unpack(packet.payload)
-            )
+            peer = ConnectionFeatures.unpack(packet.payload)
+            self.agreed_version = agree_version(FEATURES, peer)
+            self.agreed_features = FEATURES.feature_flags & peer.feature_flags
             return
         if cmd == Cmd.P_PROTOCOL:
             peer = Protocol.unpack(packet.payload)

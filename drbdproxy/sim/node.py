@@ -264,7 +264,10 @@ class Node:
         if first:
             self._data.agreed_version = self._meta.agreed_version = hs.agreed_version or 80
             for cmd, payload in parameter_packets(
-                self.config.primary, self.config.protocol, self.config.device_size // 512
+                self.config.primary,
+                self.config.protocol,
+                self.config.device_size // 512,
+                hs.agreed_features,
             ):
                 self._data.send(cmd, payload)
         if hs.complete:
