@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, fields
+from typing import ClassVar, Self
 
 from .header import WireError
 
@@ -21,6 +21,23 @@ class PayloadError(WireError):
 def _check_size(name: str, buf: bytes | memoryview, size: int, exact: bool = True) -> None:
     if (len(buf) != size) if exact else (len(buf) < size):
         raise PayloadError(f"{name} payload is {len(buf)} bytes, expected {size}")
+
+
+class _FixedStruct:
+    """pack()/unpack() for a payload whose fields map one to one onto a struct format."""
+
+    NAME: ClassVar[str]
+    _S: ClassVar[struct.Struct]
+    #: unpack() accepts longer payloads (P_DATA: block data follows the struct).
+    _PREFIX: ClassVar[bool] = False
+
+    def pack(self) -> bytes:
+        return self._S.pack(*(getattr(self, f.name) for f in fields(self)))  # type: ignore[arg-type]
+
+    @classmethod
+    def unpack(cls, buf: bytes | memoryview) -> Self:
+        _check_size(cls.NAME, buf, cls._S.size, exact=not cls._PREFIX)
+        return cls(*cls._S.unpack_from(buf))
 
 
 class WireProtocol(enum.IntEnum):
@@ -165,7 +182,7 @@ class SyncParam95:
 
 
 @dataclass(frozen=True, slots=True)
-class QueueLimits:
+class QueueLimits(_FixedStruct):
     """o_qlim: appended to p_sizes when FF_WSAME was agreed (24 bytes)."""
 
     physical_block_size: int = 512
@@ -179,25 +196,8 @@ class QueueLimits:
     bm_block_shift_minus_12: int = 0
 
     SIZE: ClassVar[int] = 24
+    NAME: ClassVar[str] = "o_qlim"
     _S: ClassVar[struct.Struct] = struct.Struct(">5I4B")
-
-    def pack(self) -> bytes:
-        return self._S.pack(
-            self.physical_block_size,
-            self.logical_block_size,
-            self.alignment_offset,
-            self.io_min,
-            self.io_opt,
-            self.discard_enabled,
-            self.discard_zeroes_data,
-            self.write_same_capable,
-            self.bm_block_shift_minus_12,
-        )
-
-    @classmethod
-    def unpack(cls, buf: bytes) -> QueueLimits:
-        _check_size("o_qlim", buf, cls.SIZE)
-        return cls(*cls._S.unpack(buf))
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +235,7 @@ class Sizes:
 
 
 @dataclass(frozen=True, slots=True)
-class Uuids:
+class Uuids(_FixedStruct):
     """p_uuids: current, bitmap, two history UUIDs, bitmap weight and flags."""
 
     current: int
@@ -246,22 +246,8 @@ class Uuids:
     uuid_flags: int = 0
 
     SIZE: ClassVar[int] = 48
+    NAME: ClassVar[str] = "P_UUIDS"
     _S: ClassVar[struct.Struct] = struct.Struct(">6Q")
-
-    def pack(self) -> bytes:
-        return self._S.pack(
-            self.current,
-            self.bitmap,
-            self.history0,
-            self.history1,
-            self.dirty_bits,
-            self.uuid_flags,
-        )
-
-    @classmethod
-    def unpack(cls, buf: bytes) -> Uuids:
-        _check_size("P_UUIDS", buf, cls.SIZE)
-        return cls(*cls._S.unpack(buf))
 
 
 class Role(enum.IntEnum):
@@ -323,22 +309,15 @@ class State:
 
 
 @dataclass(frozen=True, slots=True)
-class ReqState:
+class ReqState(_FixedStruct):
     """p_req_state: a state change request (mask and value words)."""
 
     mask: int
     val: int
 
     SIZE: ClassVar[int] = 8
+    NAME: ClassVar[str] = "state change request"
     _S: ClassVar[struct.Struct] = struct.Struct(">II")
-
-    def pack(self) -> bytes:
-        return self._S.pack(self.mask, self.val)
-
-    @classmethod
-    def unpack(cls, buf: bytes) -> ReqState:
-        _check_size("state change request", buf, cls.SIZE)
-        return cls(*cls._S.unpack(buf))
 
 
 #: SS_SUCCESS, the retcode of a granted state change.
@@ -361,7 +340,7 @@ class ReqStateReply:
 
 
 @dataclass(frozen=True, slots=True)
-class DataHeader:
+class DataHeader(_FixedStruct):
     """p_data: the 24 bytes in front of a P_DATA block."""
 
     sector: int
@@ -370,19 +349,13 @@ class DataHeader:
     dp_flags: int
 
     SIZE: ClassVar[int] = 24
+    NAME: ClassVar[str] = "P_DATA"
     _S: ClassVar[struct.Struct] = struct.Struct(">Q8sII")
-
-    def pack(self) -> bytes:
-        return self._S.pack(self.sector, self.block_id, self.seq_num, self.dp_flags)
-
-    @classmethod
-    def unpack(cls, buf: bytes | memoryview) -> DataHeader:
-        _check_size("P_DATA", buf, cls.SIZE, exact=False)
-        return cls(*cls._S.unpack_from(buf))
+    _PREFIX: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, slots=True)
-class BlockAck:
+class BlockAck(_FixedStruct):
     """p_block_ack: P_RECV_ACK, P_WRITE_ACK and the other meta-socket block acks."""
 
     sector: int
@@ -391,15 +364,8 @@ class BlockAck:
     seq_num: int
 
     SIZE: ClassVar[int] = 24
+    NAME: ClassVar[str] = "block ack"
     _S: ClassVar[struct.Struct] = struct.Struct(">Q8sII")
-
-    def pack(self) -> bytes:
-        return self._S.pack(self.sector, self.block_id, self.blksize, self.seq_num)
-
-    @classmethod
-    def unpack(cls, buf: bytes) -> BlockAck:
-        _check_size("block ack", buf, cls.SIZE)
-        return cls(*cls._S.unpack(buf))
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,22 +404,15 @@ class BarrierAck:
 
 
 @dataclass(frozen=True, slots=True)
-class BlockDesc:
+class BlockDesc(_FixedStruct):
     """p_block_desc: P_OUT_OF_SYNC (Ahead/Behind mode) and P_RS_DEALLOCATED."""
 
     sector: int
     blksize: int
 
     SIZE: ClassVar[int] = 16
+    NAME: ClassVar[str] = "block descriptor"
     _S: ClassVar[struct.Struct] = struct.Struct(">QI4x")
-
-    def pack(self) -> bytes:
-        return self._S.pack(self.sector, self.blksize)
-
-    @classmethod
-    def unpack(cls, buf: bytes) -> BlockDesc:
-        _check_size("block descriptor", buf, cls.SIZE)
-        return cls(*cls._S.unpack(buf))
 
 
 def host_cookie(value: int, size: int = 8) -> bytes:
