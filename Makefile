@@ -14,6 +14,8 @@ venv: $(BIN)/python
 # A real (non-editable) install, so twistd finds the plugin the way it will on a host.
 install: venv
 	$(BIN)/pip install -q '.[test]'
+	@# Rebuild Twisted's plugin cache now, so twistd never has to write into site-packages.
+	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; import twisted.plugins; list(getPlugins(IPlugin, twisted.plugins))"
 
 demo: install
 	$(BIN)/drbd-proxy-demo

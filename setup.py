@@ -10,7 +10,10 @@ setup(
     long_description_content_type="text/markdown",
     license="GPL-2.0-or-later",
     python_requires=">=3.11",
-    packages=find_packages(include=["drbdproxy", "drbdproxy.*"]),
+    # twisted.plugins is a namespace Twisted owns: ship our plugin file into it, never an
+    # __init__.py of our own.
+    packages=find_packages(include=["drbdproxy", "drbdproxy.*"]) + ["twisted.plugins"],
+    package_data={"twisted.plugins": ["drbdproxy_plugin.py"]},
     install_requires=[
         "twisted[tls,conch]>=23.8",
         "automat",
@@ -25,6 +28,7 @@ setup(
         "console_scripts": [
             "drbd-sim = drbdproxy.sim.cli:main",
             "drbd-proxy-demo = drbdproxy.demo:main",
+            "drbd-proxy-ctl = drbdproxy.control.ctl:main",
         ],
     },
     classifiers=[

@@ -1,0 +1,513 @@
+"""The control command language: one line in, one command object out (sans-IO).
+
+Every command is one row of :data:`TABLE`: its spellings, its positional parameters (each with a
+converter), an optional variadic tail, the command class it builds and a one-line description.
+:func:`parse_command` matches the longest keyword prefix (case-insensitively) and converts the
+arguments; :func:`help_lines` renders ``help`` from the same table.
+
+A command object knows which :class:`~drbdproxy.control.interface.IProxyControl` operation it
+stands for (:meth:`Command.call`); it does no I/O itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
+
+from ..units import parse_address, parse_size
+
+if TYPE_CHECKING:
+    from .interface import IProxyControl
+
+Address = tuple[str, int]
+
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+
+class CommandError(ValueError):
+    """A control line that is malformed or unknown; the message says what was expected."""
+
+
+class Action(enum.Enum):
+    """What the control session does after sending a command's reply."""
+
+    REPLY = "reply"
+    QUIT = "quit"  # close this session
+    SHUTDOWN = "shutdown"  # call IProxyControl.shutdown()
+
+
+# --- value converters: str -> value, ValueError with a short message on bad input -----------
+
+_INT = re.compile(r"^[0-9]+$")
+
+
+def _integer(what: str, minimum: int) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        if not _INT.match(text) or int(text) < minimum:
+            raise ValueError(f"bad {what} {text!r}: expected an integer >= {minimum}")
+        return int(text)
+
+    return convert
+
+
+def _size(minimum: int) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        value = parse_size(text)  # its message: bad size '12Q': expected a number with ...
+        if value < minimum:
+            raise ValueError(f"bad size {text!r}: must be at least {minimum} bytes")
+        return value
+
+    return convert
+
+
+def _rate(text: str) -> int:
+    """Bytes per second: a size with an optional ``/s`` (``10M``, ``10M/s``); 0 = unlimited."""
+    body = text[:-2] if text.lower().endswith("/s") else text
+    try:
+        return parse_size(body)
+    except ValueError:
+        raise ValueError(f"bad rate {text!r}: expected bytes/s with an optional k/M/G suffix") from None
+
+
+def _compression(text: str) -> int:
+    """``on`` -> 1, ``off`` -> 0, a number as given (0 = off)."""
+    word = text.lower()
+    if word in ("on", "off"):
+        return int(word == "on")
+    if not _INT.match(text):
+        raise ValueError(f"bad compression {text!r}: expected on, off or a number")
+    return int(text)
+
+
+def _address(metavar: str) -> Callable[[str], Address]:
+    def convert(text: str) -> Address:
+        try:
+            return parse_address(text)
+        except ValueError as e:
+            raise ValueError(f"{metavar}: {e}") from None
+
+    return convert
+
+
+def _name(text: str) -> str:
+    return text
+
+
+def _loglevel(text: str) -> str:
+    level = text.lower()
+    level = "warn" if level == "warning" else level
+    if level not in LOG_LEVELS:
+        raise ValueError(f"bad level {text!r}: expected one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """A per-connection proxy option, as ``set OPTION NAME VALUE`` and ``--OPTION=VALUE``."""
+
+    name: str
+    metavar: str
+    convert: Callable[[str], int]
+    applies: str
+    description: str
+
+
+OPTIONS: Mapping[str, OptionSpec] = {
+    o.name: o
+    for o in (
+        OptionSpec("memlimit", "SIZE", _size(1), "live",
+                   "buffer limit, k/M/G; lowering keeps what is buffered"),
+        OptionSpec("read-loops", "N", _integer("read-loops", 1), "live",
+                   "reads from DRBD per reactor turn"),
+        OptionSpec("compression", "on|off|N", _compression, "live at the next chunk",
+                   "compress the link (0/off = no)"),
+        OptionSpec("bwlimit", "RATE", _rate, "live",
+                   "link bandwidth limit, bytes/s with k/M/G (0 = none)"),
+        OptionSpec("sndbuf-size", "SIZE", _size(0), "on reconnect",
+                   "link socket send buffer (0 = auto)"),
+        OptionSpec("rcvbuf-size", "SIZE", _size(0), "on reconnect",
+                   "link socket receive buffer (0 = auto)"),
+        OptionSpec("ping-timeout", "TENTHS", _integer("ping-timeout", 1), "live",
+                   "link ping timeout, tenths of a second"),
+    )
+}
+
+
+# --- command objects ----------------------------------------------------------------------
+
+
+class Command:
+    """A parsed control command.
+
+    ``mutates`` commands return optional warnings from :meth:`call`; the others return the data
+    lines of the reply. Either may come as a Deferred when the implementation is asynchronous.
+    """
+
+    mutates: ClassVar[bool] = False
+    action: ClassVar[Action] = Action.REPLY
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Warnings found while parsing, sent with the reply."""
+        return ()
+
+    def call(self, control: IProxyControl) -> Any:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ConnectionSpec:
+    """What ``add connection`` configures: addresses in drbdadm's argument order, and options."""
+
+    name: str
+    listen_inside: Address
+    connect_peer_outside: Address
+    listen_outside: Address
+    connect_drbd: Address
+    #: option name (as in :data:`OPTIONS`) -> converted value (bytes, bytes/s, count, tenths)
+    options: Mapping[str, int] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class AddConnection(Command):
+    mutates = True
+    spec: ConnectionSpec
+    parse_warnings: tuple[str, ...] = ()
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return self.parse_warnings
+
+    def call(self, control: IProxyControl) -> Any:
+        return control.add_connection(self.spec)
+
+
+@dataclass(frozen=True)
+class DelConnection(Command):
+    mutates = True
+    name: str
+
+    def call(self, control: IProxyControl) -> Any:
+        return control.del_connection(self.name)
+
+
+@dataclass(frozen=True)
+class SetMemlimit(Command):
+    mutates = True
+    name: str
+    size: int
+
+    def call(self, control: IProxyControl) -> Any:
+        return control.set_memlimit(self.name, self.size)
+
+
+@dataclass(frozen=True)
+class SetOption(Command):
+    """``set OPTION NAME VALUE`` for every option of :data:`OPTIONS` but memlimit."""
+
+    mutates = True
+    name: str
+    option: str
+    value: int
+
+    def call(self, control: IProxyControl) -> Any:
+        return control.set_option(self.name, self.option, self.value)
+
+
+@dataclass(frozen=True)
+class SetPlugin(Command):
+    """``set plugin NAME IDX WORDS...``; ``words`` is None for ``END`` (truncate at ``index``)."""
+
+    mutates = True
+    name: str
+    index: int
+    words: tuple[str, ...] | None
+
+    def call(self, control: IProxyControl) -> Any:
+        return control.set_plugin(self.name, self.index, None if self.words is None else list(self.words))
+
+
+@dataclass(frozen=True)
+class SetLoglevel(Command):
+    mutates = True
+    level: str
+
+    def call(self, control: IProxyControl) -> Any:
+        return control.set_loglevel(self.level)
+
+
+@dataclass(frozen=True)
+class Show(Command):
+    def call(self, control: IProxyControl) -> Any:
+        return control.show()
+
+
+@dataclass(frozen=True)
+class ShowProxySettings(Command):
+    name: str
+
+    def call(self, control: IProxyControl) -> Any:
+        return control.proxy_settings(self.name)
+
+
+@dataclass(frozen=True)
+class ShowMemusage(Command):
+    human: bool = False
+
+    def call(self, control: IProxyControl) -> Any:
+        return control.memusage(self.human)
+
+
+@dataclass(frozen=True)
+class ShowVersion(Command):
+    def call(self, control: IProxyControl) -> Any:
+        return control.version()
+
+
+@dataclass(frozen=True)
+class ListConnections(Command):
+    human: bool = False
+
+    def call(self, control: IProxyControl) -> Any:
+        return control.connections(self.human)
+
+
+@dataclass(frozen=True)
+class ListSubconnections(Command):
+    human: bool = False
+
+    def call(self, control: IProxyControl) -> Any:
+        return control.subconnections(self.human)
+
+
+@dataclass(frozen=True)
+class ListDetails(Command):
+    def call(self, control: IProxyControl) -> Any:
+        return control.details()
+
+
+@dataclass(frozen=True)
+class PrintStatistics(Command):
+    def call(self, control: IProxyControl) -> Any:
+        return control.statistics()
+
+
+@dataclass(frozen=True)
+class Help(Command):
+    def call(self, control: IProxyControl) -> Any:
+        return help_lines()
+
+
+@dataclass(frozen=True)
+class Quit(Command):
+    action = Action.QUIT
+
+    def call(self, control: IProxyControl) -> Any:
+        return None
+
+
+@dataclass(frozen=True)
+class Shutdown(Command):
+    """Replied to first; the session then calls ``IProxyControl.shutdown()``."""
+
+    action = Action.SHUTDOWN
+
+    def call(self, control: IProxyControl) -> Any:
+        return None
+
+
+# --- the table ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    metavar: str
+    convert: Callable[[str], Any]
+
+
+@dataclass(frozen=True)
+class Tail:
+    """The variadic end of a command: at least ``minimum`` words, converted as one list."""
+
+    metavar: str
+    convert: Callable[[list[str]], Any]
+    minimum: int = 0
+
+
+@dataclass(frozen=True)
+class Entry:
+    spellings: tuple[str, ...]
+    params: tuple[Param, ...]
+    build: Callable[..., Command]
+    description: str
+    tail: Tail | None = None
+    title: str = ""  # how help shows the keywords; default: the first spelling
+
+    @property
+    def syntax(self) -> str:
+        """The arguments, e.g. ``NAME SIZE``."""
+        words = [p.metavar for p in self.params] + ([self.tail.metavar] if self.tail else [])
+        return " ".join(words)
+
+    @property
+    def usage(self) -> str:
+        return " ".join(filter(None, (self.title or self.spellings[0], self.syntax)))
+
+
+def _add_options(words: list[str]) -> tuple[dict[str, int], tuple[str, ...]]:
+    options: dict[str, int] = {}
+    warnings: list[str] = []
+    for word in words:
+        if not word.startswith("--"):
+            raise ValueError(f"unexpected argument {word!r}: options are written --opt=value")
+        key, sep, value = word[2:].partition("=")
+        key = key.lower()
+        spec = OPTIONS.get(key)
+        if spec is None:
+            warnings.append(f"add connection: unknown option {word} ignored")
+            continue
+        if not value:
+            raise ValueError(f"option --{key} needs a value: --{key}={spec.metavar}")
+        try:
+            options[key] = spec.convert(value)
+        except ValueError as e:
+            raise ValueError(f"--{key}: {e}") from None
+    return options, tuple(warnings)
+
+
+def _build_add(name: str, li: Address, cpo: Address, lo: Address, cd: Address,
+               tail: tuple[dict[str, int], tuple[str, ...]]) -> AddConnection:
+    options, warnings = tail
+    return AddConnection(ConnectionSpec(name, li, cpo, lo, cd, options), warnings)
+
+
+def _plugin_words(words: list[str]) -> tuple[str, ...] | None:
+    if words[0].lower() != "end":
+        return tuple(words)
+    if len(words) > 1:
+        raise ValueError(f"nothing may follow END, got {' '.join(words[1:])!r}")
+    return None
+
+
+def _set_option(option: str) -> Callable[[str, int], SetOption]:
+    return lambda name, value: SetOption(name, option, value)
+
+
+_NAME = Param("NAME", _name)
+
+TABLE: tuple[Entry, ...] = (
+    Entry(("add connection",),
+          (_NAME, Param("LISTEN_INSIDE", _address("LISTEN_INSIDE")),
+           Param("CONNECT_PEER_OUTSIDE", _address("CONNECT_PEER_OUTSIDE")),
+           Param("LISTEN_OUTSIDE", _address("LISTEN_OUTSIDE")),
+           Param("CONNECT_DRBD", _address("CONNECT_DRBD"))),
+          _build_add,
+          "add a proxied DRBD connection; options: " + ", ".join(f"--{o}=" for o in OPTIONS),
+          tail=Tail("[--opt=value]...", _add_options)),
+    Entry(("del connection",), (_NAME,), DelConnection,
+          "remove a connection: close its DRBD sockets, free its buffer"),
+    *(
+        Entry((f"set {o.name}",), (_NAME, Param(o.metavar, o.convert)),
+              SetMemlimit if o.name == "memlimit" else _set_option(o.name),
+              f"{o.description} (applies {o.applies})")
+        for o in OPTIONS.values()
+    ),
+    Entry(("set plugin",), (_NAME, Param("IDX", _integer("index", 0))), SetPlugin,
+          "compression plugin IDX: lz4|zstd|zlib level N, lzma ..., none; END truncates"
+          " the list there (applies live at the next chunk)",
+          tail=Tail("WORDS...|END", _plugin_words, minimum=1)),
+    Entry(("set loglevel",), (Param("LEVEL", _loglevel),), SetLoglevel,
+          f"daemon log level: {' '.join(LOG_LEVELS)} (applies live)"),
+    Entry(("show",), (), Show, "configured connections"),
+    Entry(("show proxy-settings",), (_NAME,), ShowProxySettings,
+          "the connection's drbd.conf proxy { } block (for drbdadm adjust)"),
+    Entry(("show memusage",), (), ShowMemusage, "per connection: buffered bytes, memlimit, peak"),
+    Entry(("show hmemusage",), (), lambda: ShowMemusage(True), "show memusage, human-readable sizes"),
+    Entry(("show version",), (), ShowVersion, "daemon version"),
+    Entry(("list connections", "show connections"), (), ListConnections,
+          "configured connections and their state", title="list|show connections"),
+    Entry(("list hconnections", "show hconnections"), (), lambda: ListConnections(True),
+          "the same, human-readable sizes", title="list|show hconnections"),
+    Entry(("list subconnections", "show subconnections"), (), ListSubconnections,
+          "established DRBD sockets: bytes, rates, compression ratio", title="list|show subconnections"),
+    Entry(("list hsubconnections", "show hsubconnections"), (), lambda: ListSubconnections(True),
+          "the same, human-readable sizes", title="list|show hsubconnections"),
+    Entry(("list details", "show details"), (), ListDetails,
+          "per DRBD socket, counters for each DRBD packet type", title="list|show details"),
+    Entry(("print statistics",), (), PrintStatistics, "all counters, one 'key value' per line"),
+    Entry(("help",), (), Help, "this list (keywords are case-insensitive)"),
+    Entry(("quit",), (), Quit, "close this control session"),
+    Entry(("shutdown",), (), Shutdown, "stop the daemon, closing every DRBD connection"),
+)
+
+
+def _index(table: Sequence[Entry]) -> tuple[dict[tuple[str, ...], Entry], dict[tuple[str, ...], list[str]]]:
+    by_words: dict[tuple[str, ...], Entry] = {}
+    children: dict[tuple[str, ...], list[str]] = {}
+    for entry in table:
+        for spelling in entry.spellings:
+            words = tuple(spelling.split())
+            assert words not in by_words, f"duplicate command {spelling!r}"
+            by_words[words] = entry
+            for n in range(1, len(words)):
+                nxt = children.setdefault(words[:n], [])
+                if words[n] not in nxt:
+                    nxt.append(words[n])
+    return by_words, children
+
+
+_BY_WORDS, _CHILDREN = _index(TABLE)
+_DEPTH = max(len(k) for k in _BY_WORDS)
+
+
+def parse_command(line: str) -> Command:
+    """Parse one control line (without its line end) into a command.
+
+    :raises CommandError: with a message naming what was expected.
+    """
+    words = line.split()
+    if not words:
+        raise CommandError("empty command (try help)")
+    keys = tuple(w.lower() for w in words[:_DEPTH])
+    for n in range(len(keys), 0, -1):
+        entry = _BY_WORDS.get(keys[:n])
+        if entry is not None:
+            return _apply(entry, keys[:n], words[n:])
+    for n in range(len(keys), 0, -1):
+        if keys[:n] in _CHILDREN:
+            prefix, choices = " ".join(keys[:n]), ", ".join(_CHILDREN[keys[:n]])
+            got = f", got {words[n]!r}" if n < len(words) else ""
+            raise CommandError(f"{prefix}: expected one of {choices}{got}")
+    raise CommandError(f"unknown command {words[0]!r} (try help)")
+
+
+def _apply(entry: Entry, keys: tuple[str, ...], args: list[str]) -> Command:
+    spelled = " ".join(keys)
+    fixed = len(entry.params)
+    if entry.tail is None and len(args) > fixed:
+        if keys in _CHILDREN and not fixed:
+            raise CommandError(f"{spelled}: expected nothing or one of {', '.join(_CHILDREN[keys])},"
+                               f" got {args[0]!r}")
+        if not fixed:
+            raise CommandError(f"{spelled}: takes no arguments, got {' '.join(args)!r}")
+        raise CommandError(f"{spelled}: expected {entry.syntax}, got extra {' '.join(args[fixed:])!r}")
+    if len(args) < fixed + (entry.tail.minimum if entry.tail else 0):
+        raise CommandError(f"{spelled}: expected {entry.syntax}")
+    values: list[Any] = []
+    try:
+        for param, text in zip(entry.params, args):
+            values.append(param.convert(text))
+        if entry.tail is not None:
+            values.append(entry.tail.convert(args[fixed:]))
+    except ValueError as e:
+        raise CommandError(f"{spelled}: {e}") from None
+    return entry.build(*values)
+
+
+def help_lines() -> list[str]:
+    """The ``help`` reply: one line per command of :data:`TABLE`, with its description."""
+    width = 34
+    return [f"{e.usage:<{width}} {e.description}" if len(e.usage) <= width else f"{e.usage}  {e.description}"
+            for e in TABLE]

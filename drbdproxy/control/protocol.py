@@ -1,0 +1,292 @@
+"""The control socket: a thin ``LineReceiver`` over :class:`ControlDispatcher`.
+
+Reply framing (``docs/control-protocol.md``): zero or more data lines, then exactly one terminator,
+``%ok`` or ``%error MESSAGE``. Warnings come as ``%warn MESSAGE`` lines before the terminator. A
+data line that begins with ``%`` is sent with one more ``%`` in front, so a line that begins with
+a single ``%`` is always a control line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
+from twisted.internet.protocol import ServerFactory, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .commands import Action, Command, CommandError, parse_command
+from .interface import ControlError, IProxyControl
+
+MAX_LINE = 4096
+IDLE_TIMEOUT = 300.0
+MAX_SESSIONS = 64
+SHUTDOWN_GRACE = 2.0  # seconds the ``%ok`` of ``shutdown`` may take to reach the client
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "(no message)"
+
+
+def _text_lines(result: Any) -> list[str]:
+    """An implementation's result (None, a str or an iterable of str) as single lines."""
+    if result is None:
+        return []
+    items: Iterable[Any] = [result] if isinstance(result, str) else result
+    lines: list[str] = []
+    for item in items:
+        lines.extend(str(item).splitlines() or [""])
+    return lines
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One command's reply, before framing."""
+
+    lines: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    error: str | None = None
+    action: Action = Action.REPLY
+
+    def framed(self) -> list[str]:
+        """The reply's lines on the wire (without line ends), terminator last."""
+        out = [("%" + line) if line.startswith("%") else line for line in self.lines]
+        out += [f"%warn {_one_line(w)}" for w in self.warnings]
+        out.append("%ok" if self.error is None else f"%error {_one_line(self.error)}")
+        return out
+
+    def encode(self, eol: bytes = b"\n") -> bytes:
+        return b"".join(line.encode("utf-8", "replace") + eol for line in self.framed())
+
+
+class ControlDispatcher:
+    """Runs control lines against an :class:`IProxyControl`; every outcome becomes a :class:`Reply`."""
+
+    _log = Logger()
+
+    def __init__(self, control: IProxyControl) -> None:
+        self._control = control
+
+    def dispatch(self, text: str) -> Deferred[Reply]:
+        """The reply to one control line. The Deferred never fails; it may have fired already."""
+        try:
+            command = parse_command(text)
+        except CommandError as e:
+            self._log.info("control command {command} rejected: {error}", command=text, error=str(e))
+            return succeed(Reply(error=str(e)))
+        d: Deferred[Any] = maybeDeferred(command.call, self._control)
+        return d.addCallbacks(self._succeeded, self._failed,
+                              callbackArgs=(text, command), errbackArgs=(text,))
+
+    def _succeeded(self, result: Any, text: str, command: Command) -> Reply:
+        if command.mutates:
+            self._log.info("control: {command}", command=text)
+            return Reply(warnings=command.warnings + tuple(_text_lines(result)), action=command.action)
+        return Reply(lines=tuple(_text_lines(result)), action=command.action)
+
+    def _failed(self, failure: Failure, text: str) -> Reply:
+        if failure.check(ControlError):
+            message = str(failure.value)
+            self._log.info("control command {command} refused: {error}", command=text, error=message)
+            return Reply(error=message)
+        self._log.failure("control command {command} failed", failure=failure, command=text)
+        return Reply(error=f"internal error: {failure.type.__name__}: {failure.value}")
+
+    def shutdown(self) -> None:
+        """Call the implementation's shutdown(), logging (never raising) its failure."""
+        self._log.info("control: shutdown requested")
+        d: Deferred[Any] = maybeDeferred(self._control.shutdown)
+        d.addErrback(lambda f: self._log.failure("shutdown failed", failure=f))
+
+
+_COMMAND = "command"  # pause reason: a command's reply is still pending
+_WRITE = "write"  # pause reason: the transport's write buffer is full
+
+
+@implementer(IHalfCloseableProtocol)
+class ControlProtocol(LineReceiver, TimeoutMixin):
+    """One control session. Lines in, framed replies out, one command at a time.
+
+    Registered as a streaming producer with its transport: while the transport's write buffer is
+    full (a client that does not read), it stops reading commands from that client.
+
+    When the client ends its input (``printf 'show\\n' | socat - UNIX-CONNECT:...``), the session
+    answers what it has read, a last line without a line end included, then closes.
+    ``shutdown`` closes the session after its ``%ok`` and calls the implementation's shutdown()
+    once that reply has been delivered (or after :data:`SHUTDOWN_GRACE` seconds).
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = MAX_LINE
+    factory: ControlFactory
+    _log = Logger()
+
+    def __init__(self) -> None:
+        self._pauses: set[str] = set()
+        self._waiting = False
+        self._open = False
+        self._eof = False
+        self._eol = b"\n"
+        self._shutdownGuard: IDelayedCall | None = None
+
+    def callLater(self, period: float, func: Any) -> IDelayedCall:  # TimeoutMixin's clock
+        return self.factory.clock.callLater(period, func)
+
+    def connectionMade(self) -> None:
+        if not self.factory.sessionStarted(self):
+            self._log.warn("control: refusing a session, {limit} already open", limit=self.factory.max_sessions)
+            self.transport.write(Reply(error="too many control sessions").encode())
+            self.transport.loseConnection()
+            return
+        self._open = True
+        self.transport.registerProducer(self, True)
+        self.setTimeout(self.factory.idle_timeout)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._open = False
+        self.setTimeout(None)
+        self.factory.sessionEnded(self)
+        if self._shutdownGuard is not None:
+            self._shutdown()
+
+    # IHalfCloseableProtocol
+
+    def readConnectionLost(self) -> None:
+        self._eof = True
+        self._finishIfDone()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def _finishIfDone(self) -> None:
+        """After the client's end of input: answer a last unterminated line, then close."""
+        if not self._eof or self._pauses or not self._open or self.transport.disconnecting:
+            return
+        last = self.clearLineBuffer()
+        if last.strip():
+            self.lineReceived(last)
+            if self._pauses:
+                return  # its reply comes later; _unpause calls us again
+        self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._open or self.transport.disconnecting:
+            return
+        self.resetTimeout()
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        self._eol = b"\r\n" if line.endswith(b"\r") else b"\n"
+        try:
+            text = line.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            self._send(Reply(error="line is not valid UTF-8"))
+            return
+        if not text:
+            return
+        self._waiting = True
+        self.factory.dispatcher.dispatch(text).addCallback(self._send)
+        if self._waiting:  # the implementation answers later: read nothing more until then
+            self._pause(_COMMAND)
+
+    def _send(self, reply: Reply) -> None:
+        self._waiting = False
+        if not self._open:
+            return  # the client went away while its command ran
+        self.transport.write(reply.encode(self._eol))
+        self.resetTimeout()
+        if reply.action is Action.QUIT:
+            self.transport.loseConnection()
+        elif reply.action is Action.SHUTDOWN:
+            # Stopping the daemon drops unsent replies: first let %ok reach the client.
+            self._shutdownGuard = self.callLater(SHUTDOWN_GRACE, self._shutdown)
+            self.transport.loseConnection()
+        self._unpause(_COMMAND)
+
+    def _shutdown(self) -> None:
+        guard, self._shutdownGuard = self._shutdownGuard, None
+        if guard is None:
+            return
+        if guard.active():
+            guard.cancel()
+        self.factory.dispatcher.shutdown()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._log.info("control: line over {limit} bytes, closing the session", limit=self.MAX_LENGTH)
+        self.transport.write(Reply(error="line too long").encode(self._eol))
+        self.transport.loseConnection()
+
+    def timeoutConnection(self) -> None:
+        self._log.info("control: session idle for {timeout} s, closing it", timeout=self.factory.idle_timeout)
+        self.transport.abortConnection()
+
+    # IPushProducer, as the transport's producer: pause and resume arbitrate between reasons.
+
+    def pauseProducing(self) -> None:
+        self._pause(_WRITE)
+
+    def resumeProducing(self) -> None:
+        self._unpause(_WRITE)
+
+    def _pause(self, reason: str) -> None:
+        if not self._pauses:
+            self.paused = True
+            if not self.transport.disconnecting:
+                self.transport.pauseProducing()
+        self._pauses.add(reason)
+
+    def _unpause(self, reason: str) -> None:
+        if reason not in self._pauses:
+            return
+        self._pauses.discard(reason)
+        if self._pauses:
+            return
+        self.paused = False
+        if self._open and not self.transport.disconnecting:
+            self.transport.resumeProducing()
+            LineReceiver.dataReceived(self, b"")  # the lines that arrived while paused
+            self._finishIfDone()
+
+
+class ControlFactory(ServerFactory):
+    """Control sessions for one :class:`IProxyControl`.
+
+    :param idle_timeout: seconds without input after which a session is closed (None: never).
+    :param max_sessions: sessions open at once; more are answered ``%error`` and closed.
+    :param clock: for the idle timeout; the global reactor by default.
+    """
+
+    protocol = ControlProtocol
+
+    def __init__(self, control: IProxyControl, *, idle_timeout: float | None = IDLE_TIMEOUT,
+                 max_sessions: int = MAX_SESSIONS, clock: IReactorTime | None = None) -> None:
+        if not IProxyControl.providedBy(control):
+            raise TypeError(f"{control!r} does not provide IProxyControl")
+        self.control = control
+        self.dispatcher = ControlDispatcher(control)
+        self.idle_timeout = idle_timeout
+        self.max_sessions = max_sessions
+        self._clock = clock
+        self.sessions: set[ControlProtocol] = set()
+
+    @property
+    def clock(self) -> IReactorTime:
+        if self._clock is None:
+            from twisted.internet import reactor
+
+            self._clock = reactor  # type: ignore[assignment]
+        return self._clock  # type: ignore[return-value]
+
+    def sessionStarted(self, session: ControlProtocol) -> bool:
+        if len(self.sessions) >= self.max_sessions:
+            return False
+        self.sessions.add(session)
+        return True
+
+    def sessionEnded(self, session: ControlProtocol) -> None:
+        self.sessions.discard(session)

@@ -1,0 +1,179 @@
+"""The connection registry: named connections as child services, driven by the control protocol."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+from twisted.application.service import MultiService
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger, LogLevel, LogLevelFilterPredicate
+from zope.interface import implementer
+
+from . import __version__
+from .codecs import PluginError, compression_option, parse_plugin
+from .connection import ProxyConnection
+from .control.commands import ConnectionSpec
+from .control.interface import ControlError, IProxyControl
+from .units import format_address, format_size
+
+_LEVELS = {
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warn": LogLevel.warn,
+    "error": LogLevel.error,
+    "critical": LogLevel.critical,
+}
+
+
+def drbd_size(n: int) -> str:
+    """A size as drbd.conf writes it: ``128M`` when exact, else bytes."""
+    for suffix, unit in (("G", 1 << 30), ("M", 1 << 20), ("k", 1 << 10)):
+        if n and n % unit == 0:
+            return f"{n // unit}{suffix}"
+    return str(n)
+
+
+@implementer(IProxyControl)
+class ConnectionRegistry(MultiService):
+    """Every configured connection, by name; implements what drbd-proxy-ctl can ask for."""
+
+    _log = Logger()
+
+    def __init__(self, reactor: Any, log_filter: LogLevelFilterPredicate | None = None) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self._log_filter = log_filter
+        self._stopping = False
+
+    # -- lookup ----------------------------------------------------------------------------------
+    def connection(self, name: str) -> ProxyConnection:
+        try:
+            return self.getServiceNamed(name)  # type: ignore[no-any-return]
+        except KeyError:
+            raise ControlError(f"no connection named {name!r}") from None
+
+    @property
+    def connections_by_name(self) -> list[ProxyConnection]:
+        return sorted(self, key=lambda c: c.name)  # type: ignore[attr-defined]
+
+    # -- mutating commands -----------------------------------------------------------------------
+    def add_connection(self, spec: ConnectionSpec) -> Optional[Iterable[str]]:
+        if spec.name in self.namedServices:
+            raise ControlError(f"connection {spec.name!r} already exists")
+        conn = ProxyConnection(spec, self._reactor)
+        try:
+            conn.bind()
+        except CannotListenError as e:
+            raise ControlError(
+                f"cannot listen on {format_address(e.interface, e.port)}: {e.socketError}"
+            ) from None
+        conn.setName(spec.name)
+        conn.setServiceParent(self)
+        self._log.info("connection {name} added", name=spec.name)
+        return None
+
+    def del_connection(self, name: str) -> Any:
+        return self.removeService(self.connection(name))
+
+    def set_memlimit(self, name: str, size: int) -> Optional[Iterable[str]]:
+        conn = self.connection(name)
+        conn.settings.memlimit = size
+        self._log.info("memlimit of {name} set to {size}", name=name, size=size)
+        return None
+
+    def set_option(self, name: str, option: str, value: int) -> Optional[Iterable[str]]:
+        conn = self.connection(name)
+        if option == "memlimit":
+            return self.set_memlimit(name, value)
+        if option == "compression":
+            try:
+                conn.settings.plugins = compression_option(str(value))
+            except PluginError as e:
+                raise ControlError(str(e)) from None
+        conn.settings.options[option] = value
+        self._log.info("{option} of {name} set to {value}", option=option, name=name, value=value)
+        return None
+
+    def set_plugin(self, name: str, index: int, words: Optional[list[str]]) -> Optional[Iterable[str]]:
+        conn = self.connection(name)
+        plugins = conn.settings.plugins
+        if index > len(plugins):
+            raise ControlError(f"plugin index {index} leaves a gap: {name} has {len(plugins)} plugins")
+        if words is None:
+            del plugins[index:]
+        else:
+            try:
+                spec = parse_plugin(words)
+            except PluginError as e:
+                raise ControlError(str(e)) from None
+            if index == len(plugins):
+                plugins.append(spec)
+            else:
+                plugins[index] = spec
+        self._log.info("plugins of {name}: {plugins}", name=name,
+                       plugins=[p.render() for p in plugins])
+        return None
+
+    def set_loglevel(self, level: str) -> Optional[Iterable[str]]:
+        if self._log_filter is None:
+            raise ControlError("this daemon was started without a log level filter")
+        self._log_filter.setLogLevelForNamespace("", _LEVELS[level])
+        return None
+
+    # -- read-side commands ----------------------------------------------------------------------
+    def show(self) -> Iterable[str]:
+        for c in self.connections_by_name:
+            s = c.spec
+            yield (
+                f"{c.name}: inside {format_address(*s.listen_inside)}"
+                f" peer-outside {format_address(*s.connect_peer_outside)}"
+                f" outside {format_address(*s.listen_outside)}"
+                f" drbd {format_address(*s.connect_drbd)}"
+            )
+
+    def proxy_settings(self, name: str) -> Iterable[str]:
+        conn = self.connection(name)
+        lines = ["proxy {", f"    memlimit {drbd_size(conn.settings.memlimit)};"]
+        for option, value in sorted(conn.settings.options.items()):
+            if option != "compression":  # drbdadm expresses it as plugins
+                lines.append(f"    {option} {value};")
+        if conn.settings.plugins:
+            lines.append("    plugin {")
+            lines += [f"        {p.render()};" for p in conn.settings.plugins]
+            lines.append("    }")
+        lines.append("}")
+        return lines
+
+    def memusage(self, human: bool) -> Iterable[str]:
+        size = format_size if human else str
+        for c in self.connections_by_name:
+            yield (f"{c.name}: buffered {size(c.buffered)} memlimit {size(c.settings.memlimit)}"
+                   f" peak {size(c.buffered_peak)}")
+
+    def connections(self, human: bool) -> Iterable[str]:
+        for c in self.connections_by_name:
+            yield f"{c.name}: {c.state}"
+
+    def subconnections(self, human: bool) -> Iterable[str]:
+        return []  # DRBD sockets are only relayed once the data path is in place
+
+    def details(self) -> Iterable[str]:
+        return []
+
+    def statistics(self) -> Iterable[str]:
+        for c in self.connections_by_name:
+            yield f"{c.name}.state {c.state}"
+            yield f"{c.name}.memlimit {c.settings.memlimit}"
+            yield f"{c.name}.buffered {c.buffered}"
+            yield f"{c.name}.buffered_peak {c.buffered_peak}"
+            yield f"{c.name}.reconnects {c.reconnects}"
+
+    def version(self) -> Iterable[str]:
+        return [f"drbdproxy {__version__}"]
+
+    def shutdown(self) -> None:
+        if self._stopping:
+            return  # several sessions may ask; once is enough
+        self._stopping = True
+        self._log.info("shutdown requested over the control socket")
+        self._reactor.stop()

@@ -1,0 +1,256 @@
+"""drbd-proxy-ctl, run as a real process against a small fake control server on a UNIX socket."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import drbdproxy
+from drbdproxy.control import ctl
+
+PACKAGE_ROOT = str(Path(drbdproxy.__file__).resolve().parent.parent)
+CLOSE = object()  # reply script entry: close the connection instead of answering
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: FakeDaemon  # type: ignore[assignment]
+
+    def handle(self) -> None:
+        for raw in self.rfile:
+            command = raw.decode().rstrip("\r\n")
+            self.server.received.append(command)
+            reply = self.server.replies.get(command, ["%ok"])
+            if reply is CLOSE:
+                return
+            self.wfile.write("".join(line + "\n" for line in reply).encode())  # type: ignore[union-attr]
+            if command == "quit":
+                return
+
+
+class FakeDaemon(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """Answers each command line from ``replies`` (default ``%ok``), recording what it received."""
+
+    daemon_threads = True
+
+    def __init__(self, address: object, family: int = socket.AF_UNIX) -> None:
+        self.address_family = family
+        super().__init__(address, _Handler)  # type: ignore[arg-type]
+        self.received: list[str] = []
+        self.replies: dict[str, object] = {}
+
+
+@pytest.fixture
+def sock_path(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "ctl.sock"
+    if len(str(path)) < 100:
+        yield path
+        return
+    short = Path(tempfile.mkdtemp(prefix="ctl"))  # AF_UNIX paths are limited to 108 bytes
+    yield short / "ctl.sock"
+    shutil.rmtree(short)
+
+
+def _serve(server: FakeDaemon) -> Iterator[FakeDaemon]:
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.fixture
+def daemon(sock_path: Path) -> Iterator[FakeDaemon]:
+    yield from _serve(FakeDaemon(str(sock_path)))
+
+
+def run_ctl(*args: str, env: dict[str, str] | None = None, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """``python -m drbdproxy.control.ctl ARGS`` with this checkout's package on the path."""
+    environ = {k: v for k, v in os.environ.items() if k != ctl.SOCKET_ENV}
+    environ["PYTHONPATH"] = PACKAGE_ROOT + os.pathsep + environ.get("PYTHONPATH", "")
+    environ.update(env or {})
+    return subprocess.run([sys.executable, "-m", "drbdproxy.control.ctl", *args], input=stdin,
+                          capture_output=True, text=True, env=environ, timeout=60)
+
+
+def test_repeated_c_runs_each_command_in_order(daemon: FakeDaemon, sock_path: Path) -> None:
+    """Each -c is one command, sent in order on one session; data lines go to stdout verbatim."""
+    daemon.replies["show proxy-settings r0"] = ["proxy {", "    memlimit 100M;", "}", "%ok"]
+    result = run_ctl("-s", str(sock_path), "-c", "set memlimit r0 100M", "-c", "show proxy-settings r0")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert daemon.received == ["set memlimit r0 100M", "show proxy-settings r0"]
+    assert result.stdout == "proxy {\n    memlimit 100M;\n}\n"
+
+
+def test_drbdadm_922_bare_trailing_command(daemon: FakeDaemon, sock_path: Path) -> None:
+    """drbdadm 9.22's argv, whose last 'set plugin ... END' has no -c, runs all three commands."""
+    result = run_ctl("-s", str(sock_path), "-c", "set memlimit r0-bob-vm 100M",
+                     "-c", "set plugin r0-bob-vm 0 lz4 level 9", "set plugin r0-bob-vm 1 END")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert daemon.received == ["set memlimit r0-bob-vm 100M", "set plugin r0-bob-vm 0 lz4 level 9",
+                               "set plugin r0-bob-vm 1 END"]
+
+
+def test_bare_words_form_one_command(daemon: FakeDaemon, sock_path: Path) -> None:
+    """Without -c the positional words, --opt=value ones included, are joined into one command."""
+    assert run_ctl("-s", str(sock_path), "show", "memusage").returncode == 0
+    result = run_ctl("-s", str(sock_path), "add", "connection", "r0", "::1:1", "::1:2", "::1:3", "::1:4",
+                     "--memlimit=128M")
+    assert result.returncode == 0
+    assert daemon.received == ["show memusage", "add connection r0 ::1:1 ::1:2 ::1:3 ::1:4 --memlimit=128M"]
+
+
+def test_stops_at_first_failure(daemon: FakeDaemon, sock_path: Path) -> None:
+    """The first %error stops the run: exit 1, its message on stderr, later commands never sent."""
+    daemon.replies["del connection r9"] = ["%error no connection 'r9'"]
+    result = run_ctl("-s", str(sock_path), "-c", "show", "-c", "del connection r9", "-c", "shutdown")
+    assert result.returncode == 1
+    assert result.stderr == "drbd-proxy-ctl: no connection 'r9'\n"
+    assert daemon.received == ["show", "del connection r9"]
+
+
+def test_escaped_data_lines_are_printed_unescaped(daemon: FakeDaemon, sock_path: Path) -> None:
+    """A data line sent as %%... is printed with one % removed; other lines exactly as sent."""
+    daemon.replies["print statistics"] = ["%%ok", "%%%x", "50%", "", "r0.state Connected", "%ok"]
+    result = run_ctl("-s", str(sock_path), "print", "statistics")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == "%ok\n%%x\n50%\n\nr0.state Connected\n"
+
+
+def test_warnings_go_to_stderr(daemon: FakeDaemon, sock_path: Path) -> None:
+    """%warn lines are printed on stderr with the warning prefix and do not fail the command."""
+    daemon.replies["set memlimit r0 1M"] = ["%warn lowering applies as the buffer drains", "%ok"]
+    result = run_ctl("-s", str(sock_path), "-c", "set memlimit r0 1M")
+    assert (result.returncode, result.stdout) == (0, "")
+    assert result.stderr == "drbd-proxy-ctl: warning: lowering applies as the buffer drains\n"
+
+
+def test_socket_from_environment(daemon: FakeDaemon, sock_path: Path) -> None:
+    """$DRBD_PROXY_CTL_SOCKET chooses the socket when -s is not given."""
+    result = run_ctl("show", env={ctl.SOCKET_ENV: str(sock_path)})
+    assert result.returncode == 0
+    assert daemon.received == ["show"]
+
+
+def test_commands_from_a_pipe(daemon: FakeDaemon, sock_path: Path) -> None:
+    """With no command and a non-terminal stdin, each input line is one command, no prompt printed."""
+    daemon.replies["show version"] = ["drbdproxy 0.1.0", "%ok"]
+    result = run_ctl("-s", str(sock_path), stdin="show\n\nshow version\n")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "drbdproxy 0.1.0\n", "")
+    assert daemon.received == ["show", "show version"]
+
+
+def test_missing_socket_exits_3(sock_path: Path) -> None:
+    """A socket that does not exist gives exit 3 and a message naming it."""
+    result = run_ctl("-s", str(sock_path), "show")
+    assert result.returncode == 3
+    assert str(sock_path) in result.stderr
+    assert result.stderr.startswith("drbd-proxy-ctl: cannot reach drbd-proxy at ")
+
+
+def test_refused_socket_exits_3(sock_path: Path) -> None:
+    """A socket file nobody listens on (a dead daemon's leftover) gives exit 3."""
+    leftover = socket.socket(socket.AF_UNIX)
+    leftover.bind(str(sock_path))
+    try:
+        result = run_ctl("-s", str(sock_path), "-c", "show")
+    finally:
+        leftover.close()
+    assert result.returncode == 3
+    assert str(sock_path) in result.stderr
+
+
+def test_daemon_closing_without_reply_exits_3(daemon: FakeDaemon, sock_path: Path) -> None:
+    """A session closed before the terminator line is a communication failure: exit 3."""
+    daemon.replies["show"] = CLOSE
+    result = run_ctl("-s", str(sock_path), "show")
+    assert result.returncode == 3
+    assert "closed the connection before replying" in result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["--bogus"],
+    ["-c"],
+    ["-c", ""],
+    ["-c", "show\nshutdown"],
+    ["-s", "tcp:nohost"],
+])
+def test_usage_errors_exit_2(args: list[str], sock_path: Path) -> None:
+    """Bad options, a missing argument, an empty or multi-line command, a bad socket: exit 2."""
+    result = run_ctl(*args, env={ctl.SOCKET_ENV: str(sock_path)})
+    assert result.returncode == 2
+    assert result.stderr.startswith("drbd-proxy-ctl: error: ")
+
+
+def test_help(sock_path: Path) -> None:
+    """-h prints the usage with the exit codes and exits 0 without contacting a daemon."""
+    result = run_ctl("-h", env={ctl.SOCKET_ENV: str(sock_path)})
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: drbd-proxy-ctl [-s SOCKET] [-c COMMAND]... [WORDS...]")
+    assert "3 the daemon could not be reached" in result.stdout
+
+
+def test_tcp_endpoint() -> None:
+    """-s tcp:HOST:PORT talks to a TCP control endpoint."""
+    server = FakeDaemon(("127.0.0.1", 0), socket.AF_INET)
+    for srv in _serve(server):
+        port = srv.server_address[1]
+        result = run_ctl("-s", f"tcp:127.0.0.1:{port}", "show", "version")
+        assert result.returncode == 0
+        assert srv.received == ["show version"]
+
+
+def test_quit_then_more_commands_opens_a_new_session(daemon: FakeDaemon, sock_path: Path) -> None:
+    """A command after -c quit is sent on a fresh session rather than failing on the closed one."""
+    result = run_ctl("-s", str(sock_path), "-c", "quit", "-c", "show")
+    assert result.returncode == 0
+    assert daemon.received == ["quit", "show"]
+
+
+def test_no_answer_within_the_timeout_exits_3(sock_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon that accepts but never answers makes the run end with exit 3 (in-process, short limit)."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(sock_path))
+    listener.listen(1)
+    monkeypatch.setattr(ctl, "TIMEOUT", 0.2)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        status = ctl.run(["-s", str(sock_path), "show"], out=out, err=err)
+    finally:
+        listener.close()
+    assert status == 3
+    assert "did not answer in time" in err.getvalue()
+
+
+@pytest.mark.parametrize(("argv", "commands"), [
+    (["-c", "a b", "-c", "c"], ["a b", "c"]),
+    (["-c", "a", "b c", "-c", "d"], ["a", "b c", "d"]),
+    (["-ca", "--command=b", "--command", "c"], ["a", "b", "c"]),
+    (["show", "memusage"], ["show memusage"]),
+    (["set", "memlimit", "r0", "--", "-1"], ["set memlimit r0 -1"]),
+    ([], []),
+])
+def test_argument_parsing(argv: list[str], commands: list[str]) -> None:
+    """-c, --command and bare arguments combine into the documented list of commands, in order."""
+    assert ctl.parse_args(argv, environ={}).commands == commands
+
+
+def test_socket_option_forms() -> None:
+    """-s, -sPATH and --socket=PATH override $DRBD_PROXY_CTL_SOCKET, which overrides the default."""
+    env = {ctl.SOCKET_ENV: "/env.sock"}
+    assert ctl.parse_args(["show"], environ={}).target == ctl.DEFAULT_SOCKET
+    assert ctl.parse_args(["show"], environ=env).target == "/env.sock"
+    assert ctl.parse_args(["-s", "/a", "show"], environ=env).target == "/a"
+    assert ctl.parse_args(["-s/b", "show"], environ=env).target == "/b"
+    assert ctl.parse_args(["--socket=/c", "show"], environ=env).target == "/c"
