@@ -10,8 +10,8 @@ from twisted.internet import protocol
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
-from .codecs import PluginSpec
-from .control.commands import ConnectionSpec
+from .codecs import PluginSpec, compression_option
+from .control.commands import COMPRESSION_ON, ConnectionSpec
 
 DEFAULT_MEMLIMIT = 16 << 20
 
@@ -31,6 +31,18 @@ class Settings:
     memlimit: int = DEFAULT_MEMLIMIT
     options: dict[str, int] = field(default_factory=dict)
     plugins: list[PluginSpec] = field(default_factory=list)
+
+    def apply(self, option: str, value: int) -> None:
+        """Set one option; ``compression`` replaces the plugin list, as drbdadm means it.
+
+        :raises PluginError: a compression value that names no codec.
+        """
+        if option == "memlimit":
+            self.memlimit = value
+            return
+        if option == "compression":
+            self.plugins = compression_option("on" if value == COMPRESSION_ON else str(value))
+        self.options[option] = value
 
 
 class _RefuseWhileUnlinked(protocol.Protocol):
@@ -66,10 +78,7 @@ class ProxyConnection(Service):
         self._reactor = reactor
         self.settings = Settings()
         for option, value in spec.options.items():
-            if option == "memlimit":
-                self.settings.memlimit = value
-            else:
-                self.settings.options[option] = value
+            self.settings.apply(option, value)
         self.state = State.CONNECTING
         self.buffered = 0
         self.buffered_peak = 0

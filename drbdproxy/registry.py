@@ -10,7 +10,7 @@ from twisted.logger import Logger, LogLevel, LogLevelFilterPredicate
 from zope.interface import implementer
 
 from . import __version__
-from .codecs import PluginError, compression_option, parse_plugin
+from .codecs import PluginError, parse_plugin
 from .connection import ProxyConnection
 from .control.commands import ConnectionSpec
 from .control.interface import ControlError, IProxyControl
@@ -60,7 +60,10 @@ class ConnectionRegistry(MultiService):
     def add_connection(self, spec: ConnectionSpec) -> Optional[Iterable[str]]:
         if spec.name in self.namedServices:
             raise ControlError(f"connection {spec.name!r} already exists")
-        conn = ProxyConnection(spec, self._reactor)
+        try:
+            conn = ProxyConnection(spec, self._reactor)
+        except PluginError as e:
+            raise ControlError(str(e)) from None
         try:
             conn.bind()
         except CannotListenError as e:
@@ -83,14 +86,10 @@ class ConnectionRegistry(MultiService):
 
     def set_option(self, name: str, option: str, value: int) -> Optional[Iterable[str]]:
         conn = self.connection(name)
-        if option == "memlimit":
-            return self.set_memlimit(name, value)
-        if option == "compression":
-            try:
-                conn.settings.plugins = compression_option(str(value))
-            except PluginError as e:
-                raise ControlError(str(e)) from None
-        conn.settings.options[option] = value
+        try:
+            conn.settings.apply(option, value)
+        except PluginError as e:
+            raise ControlError(str(e)) from None
         self._log.info("{option} of {name} set to {value}", option=option, name=name, value=value)
         return None
 

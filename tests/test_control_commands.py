@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drbdproxy.control.commands import (
+    COMPRESSION_ON,
     OPTIONS,
     TABLE,
     Action,
@@ -48,7 +49,7 @@ M = 1 << 20
     ("set memlimit r0 128M", SetMemlimit("r0", 128 * M)),
     ("set memlimit r0 4096", SetMemlimit("r0", 4096)),
     ("set read-loops r0 8", SetOption("r0", "read-loops", 8)),
-    ("set compression r0 on", SetOption("r0", "compression", 1)),
+    ("set compression r0 on", SetOption("r0", "compression", COMPRESSION_ON)),
     ("set compression r0 off", SetOption("r0", "compression", 0)),
     ("set compression r0 3", SetOption("r0", "compression", 3)),
     ("set bwlimit r0 10M", SetOption("r0", "bwlimit", 10 * M)),
@@ -152,7 +153,7 @@ def test_add_connection_options_are_parsed_and_unknown_ones_warned() -> None:
     command = parse_command(ADD + " --memlimit=128M --read-loops=8 --compression=on --bwlimit=10M"
                             " --sndbuf-size=1M --rcvbuf-size=2M --ping-timeout=30 --frob=1 --Nodelay")
     assert isinstance(command, AddConnection)
-    assert command.spec.options == {"memlimit": 128 * M, "read-loops": 8, "compression": 1,
+    assert command.spec.options == {"memlimit": 128 * M, "read-loops": 8, "compression": COMPRESSION_ON,
                                     "bwlimit": 10 * M, "sndbuf-size": M, "rcvbuf-size": 2 * M,
                                     "ping-timeout": 30}
     assert command.warnings == ("add connection: unknown option --frob=1 ignored",
@@ -179,7 +180,7 @@ def test_ipv6_addresses_with_and_without_brackets(text: str, address: tuple[str,
     ("SHOW MEMUSAGE", ShowMemusage(False)),
     ("Show Proxy-Settings R0", ShowProxySettings("R0")),
     ("SET MemLimit R0 1m", SetMemlimit("R0", M)),
-    ("Set Compression r0 ON", SetOption("r0", "compression", 1)),
+    ("Set Compression r0 ON", SetOption("r0", "compression", COMPRESSION_ON)),
     ("SET PLUGIN r0 0 LZ4 Level 9", SetPlugin("r0", 0, ("LZ4", "Level", "9"))),
     ("LIST HSubConnections", ListSubconnections(True)),
     ("Print Statistics", PrintStatistics()),

@@ -71,11 +71,17 @@ def _rate(text: str) -> int:
         raise ValueError(f"bad rate {text!r}: expected bytes/s with an optional k/M/G suffix") from None
 
 
+#: ``compression on`` (lz4), told apart from ``compression 1`` (zstd level 1).
+COMPRESSION_ON = -1
+
+
 def _compression(text: str) -> int:
-    """``on`` -> 1, ``off`` -> 0, a number as given (0 = off)."""
+    """``on`` -> COMPRESSION_ON, ``off`` -> 0, a number as given (a zstd level; 0 = off)."""
     word = text.lower()
-    if word in ("on", "off"):
-        return int(word == "on")
+    if word == "on":
+        return COMPRESSION_ON
+    if word == "off":
+        return 0
     if not _INT.match(text):
         raise ValueError(f"bad compression {text!r}: expected on, off or a number")
     return int(text)

@@ -1,0 +1,226 @@
+"""A streaming link-frame decoder: bytes in (any chunking), frames or one error out.
+
+Like a DRBD stream, a link stream cannot be re-synchronised (DATA payloads may contain anything,
+magics included), so the decoder fails closed: after the first :class:`LinkError` it returns
+nothing more, and the link must be dropped.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import Enum
+
+from .frames import (
+    DATA_PREFIX,
+    DATA_PREFIX_SIZE,
+    FRAME_DECODERS,
+    FRAME_HEADER_SIZE,
+    HEADER,
+    MAGIC,
+    MAX_FRAME_PAYLOAD,
+    MAX_HANDSHAKE_PAYLOAD,
+    MAX_MESSAGE,
+    MIN_FRAME_PAYLOAD_LIMIT,
+    STREAM_FRAME_TYPES,
+    Data,
+    ErrorCode,
+    ErrorFrame,
+    Frame,
+    FrameType,
+    Side,
+    stream_id_side,
+)
+
+
+class Phase(Enum):
+    HANDSHAKE = "handshake"  # only the handshake frames of the peer's side
+    ESTABLISHED = "established"  # heartbeats and streams
+    CLOSED = "closed"  # after REJECT, GOAWAY or ERROR: the peer sends nothing more
+
+
+_T = FrameType
+_ESTABLISHED = frozenset({_T.PING, _T.PONG, _T.OPEN, _T.DATA, _T.CLOSE, _T.GOAWAY, _T.ERROR})
+#: What a decoder on ``side`` accepts from the peer in each phase.
+_ALLOWED: dict[tuple[Side, Phase], frozenset[int]] = {
+    (Side.SERVER, Phase.HANDSHAKE): frozenset({_T.HELLO, _T.ERROR}),
+    (Side.CLIENT, Phase.HANDSHAKE): frozenset({_T.WELCOME, _T.REJECT, _T.ERROR}),
+    (Side.SERVER, Phase.ESTABLISHED): _ESTABLISHED,
+    (Side.CLIENT, Phase.ESTABLISHED): _ESTABLISHED,
+    (Side.SERVER, Phase.CLOSED): frozenset(),
+    (Side.CLIENT, Phase.CLOSED): frozenset(),
+}
+#: Phase changes caused by receiving a frame (the same feed may carry the frames that follow it).
+_NEXT_PHASE = {
+    _T.HELLO: Phase.ESTABLISHED,
+    _T.WELCOME: Phase.ESTABLISHED,
+    _T.REJECT: Phase.CLOSED,
+    _T.GOAWAY: Phase.CLOSED,
+    _T.ERROR: Phase.CLOSED,
+}
+_CODE_MESSAGE = (2, 2 + MAX_MESSAGE)
+#: (min, max) payload length per type, checked on the header alone so nothing bad is buffered.
+#: DATA's maximum is the decoder's own ``max_payload``.
+_LENGTHS: dict[int, tuple[int, int]] = {
+    _T.HELLO: (62 + 1 + 1, MAX_HANDSHAKE_PAYLOAD),  # fixed part, 1-byte name, codec count
+    _T.WELCOME: (59, MAX_HANDSHAKE_PAYLOAD),
+    _T.REJECT: _CODE_MESSAGE,
+    _T.GOAWAY: _CODE_MESSAGE,
+    _T.ERROR: _CODE_MESSAGE,
+    _T.PING: (16, 16),
+    _T.PONG: (16, 16),
+    _T.OPEN: (2, 2),
+    _T.CLOSE: (1, 1 + MAX_MESSAGE),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LinkError:
+    """The link stopped being valid at ``offset`` (bytes from its start); nothing follows."""
+
+    code: ErrorCode
+    message: str
+    offset: int
+
+    def frame(self) -> ErrorFrame:
+        """The ERROR frame to send to the peer before dropping the link."""
+        return ErrorFrame(self.code, self.message)
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message} (at link offset {self.offset})"
+
+
+_PROTOCOL = ErrorCode.PROTOCOL_ERROR
+_UNEXPECTED = ErrorCode.UNEXPECTED_FRAME
+_STREAM = ErrorCode.STREAM_ERROR
+
+
+class _Violation(Exception):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class LinkDecoder:
+    """Reassembles link frames for the end of a link given by ``side``, whatever the chunking.
+
+    ``feed()`` returns the frames completed by the new bytes, in order. A header is checked as
+    soon as its 12 bytes are in (magic, type, flags, phase, stream id, length bound), so a bad
+    frame is refused before its payload is buffered: the decoder never holds more than one
+    header plus ``max_payload`` bytes between feeds.
+    """
+
+    def __init__(self, side: Side, max_payload: int = MAX_FRAME_PAYLOAD) -> None:
+        if max_payload < MIN_FRAME_PAYLOAD_LIMIT:
+            raise ValueError(f"max_payload must be at least {MIN_FRAME_PAYLOAD_LIMIT}")
+        self.side = Side(side)
+        self.max_payload = max_payload
+        self.phase = Phase.HANDSHAKE
+        self.failed: LinkError | None = None
+        self._allowed = _ALLOWED[(self.side, self.phase)]
+        self._peer_side = Side.SERVER if self.side is Side.CLIENT else Side.CLIENT
+        self._last_peer_stream = 0  # highest stream id the peer has OPENed
+        self._buf = bytearray()
+        self._consumed = 0  # link offset of _buf[0], for error reports
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held that do not yet form a whole frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame | LinkError]:
+        if self.failed is not None:
+            return []
+        buf = self._buf
+        buf += data
+        frames: list[Frame | LinkError] = []
+        off = 0
+        try:
+            while len(buf) - off >= FRAME_HEADER_SIZE:
+                ftype, stream, length = self._check_header(buf, off)
+                start = off + FRAME_HEADER_SIZE
+                end = start + length
+                if end > len(buf):
+                    break
+                frame = self._decode(ftype, stream, buf, start, end)
+                frames.append(frame)
+                off = end
+                self._after(frame)
+        except _Violation as v:
+            self.failed = LinkError(v.code, v.message, self._consumed + off)
+            frames.append(self.failed)
+            buf.clear()
+            return frames
+        if off:
+            # One prefix deletion per feed (CPython just moves the bytearray's start): linear time.
+            del buf[:off]
+            self._consumed += off
+        return frames
+
+    def _check_header(self, buf: bytearray, off: int) -> tuple[FrameType, int, int]:
+        magic, ftype, flags, stream, length = HEADER.unpack_from(buf, off)
+        if magic != MAGIC:
+            raise _Violation(_PROTOCOL, f"bad frame magic 0x{magic:04x}")
+        if ftype not in self._allowed:
+            raise self._refuse_type(ftype)
+        ftype = FrameType(ftype)
+        if flags:
+            raise _Violation(_PROTOCOL, f"{ftype.name} with reserved flags 0x{flags:02x}")
+        low, high = _LENGTHS.get(ftype, (DATA_PREFIX_SIZE + 1, self.max_payload))
+        if length > self.max_payload:
+            message = f"{ftype.name} of {length} bytes exceeds {self.max_payload}"
+            raise _Violation(ErrorCode.FRAME_TOO_LARGE, message)
+        if not low <= length <= high:
+            message = f"{ftype.name} payload of {length} bytes, expected {low}..{high}"
+            raise _Violation(_PROTOCOL, message)
+        self._check_stream(ftype, stream)
+        return ftype, stream, length
+
+    def _refuse_type(self, ftype: int) -> _Violation:
+        try:
+            known = FrameType(ftype)
+        except ValueError:
+            return _Violation(ErrorCode.UNKNOWN_FRAME_TYPE, f"unknown frame type 0x{ftype:02x}")
+        if known is FrameType.AUTH:
+            return _Violation(_UNEXPECTED, "AUTH frames are reserved (not in version 1)")
+        return _Violation(_UNEXPECTED, f"{known.name} not allowed in phase {self.phase.value}")
+
+    def _check_stream(self, ftype: FrameType, stream: int) -> None:
+        if ftype not in STREAM_FRAME_TYPES:
+            if stream:
+                raise _Violation(_STREAM, f"{ftype.name} on stream {stream}, expected 0")
+            return
+        if stream == 0:
+            raise _Violation(_STREAM, f"{ftype.name} on stream 0")
+        if stream_id_side(stream) is not self._peer_side:
+            if ftype is FrameType.OPEN:
+                raise _Violation(_STREAM, f"peer OPENed stream {stream} of our id space")
+            return  # one of our ids: only the stream table knows whether we allocated it
+        if ftype is FrameType.OPEN and stream <= self._last_peer_stream:
+            last = self._last_peer_stream
+            raise _Violation(_STREAM, f"OPEN of stream {stream} after {last}: ids only grow")
+        if ftype is not FrameType.OPEN and stream > self._last_peer_stream:
+            raise _Violation(_STREAM, f"{ftype.name} on stream {stream}, never opened")
+
+    def _decode(self, ftype: FrameType, stream: int, buf: bytearray, start: int, end: int) -> Frame:
+        try:
+            if ftype is FrameType.DATA:
+                codec, raw_length, crc = DATA_PREFIX.unpack_from(buf, start)
+                # One copy out of the buffer into an immutable bytes the caller may keep.
+                with memoryview(buf) as view:
+                    payload = view[start + DATA_PREFIX_SIZE : end].tobytes()
+                return Data(stream, codec, raw_length, crc, payload)
+            return FRAME_DECODERS[ftype](stream, bytes(buf[start:end]))
+        except (ValueError, struct.error, IndexError) as e:
+            raise _Violation(_PROTOCOL, f"malformed {ftype.name}: {e}") from None
+
+    def _after(self, frame: Frame) -> None:
+        """Phase changes and stream bookkeeping once a frame is accepted."""
+        if frame.TYPE is FrameType.OPEN:
+            self._last_peer_stream = frame.stream
+            return
+        phase = _NEXT_PHASE.get(frame.TYPE)
+        if phase is not None:
+            self.phase = phase
+            self._allowed = _ALLOWED[(self.side, phase)]
