@@ -1,27 +1,67 @@
-"""One proxied DRBD connection: its settings, its state, and its listening endpoints."""
+"""One proxied DRBD connection: settings, state, the two links to the peer proxy, and streams.
+
+Life of a connection: ``Connecting`` (no peer proxy), ``ProxyConnected`` (control and bulk links
+up), ``Connected`` (DRBD's data and meta sockets are relayed). Any link failure drops both links,
+every DRBD socket and everything buffered, and the dialling side tries again with backoff: DRBD
+reconnects and resyncs, which is always consistent, where replaying half a stream would not be.
+"""
 
 from __future__ import annotations
 
+import random
+import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import protocol
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from .codecs import PluginSpec, compression_option
+from .codecs import Codec, CodecId, PluginSpec, codec_for, compression_option
 from .control.commands import COMPRESSION_ON, ConnectionSpec
+from .link import (
+    Accepted,
+    ClientHandshake,
+    Close,
+    Data,
+    ErrorFrame,
+    Frame,
+    GoAway,
+    GoAwayReason,
+    LinkProtocolError,
+    ErrorCode,
+    LinkRole,
+    Open,
+    Ping,
+    Pong,
+    Rejected,
+    RejectReason,
+    ServerHandshake,
+    Side,
+    StreamIdAllocator,
+    StreamKind,
+    new_session,
+)
+from .pipeline import Budget, ChunkEncoder
+from .relay.links import LinkClientFactory, LinkProtocol, LinkServerFactory
+from .relay.streams import DrbdConnectFactory, DrbdSocket, InsideFactory, Stream
 
 DEFAULT_MEMLIMIT = 16 << 20
+#: ping-timeout (tenths of a second) of the proxy-to-proxy link when none is set.
+DEFAULT_PING_TIMEOUT = 100
+#: Every codec this proxy can decompress, announced in the handshake.
+DECODABLE = tuple(int(c) for c in CodecId)
+_BACKOFF_MIN, _BACKOFF_MAX = 0.2, 10.0
 
 
 class State:
     """Connection states as DRBD Proxy v4 names them."""
 
-    CONNECTING = "Connecting"  # no contact with the peer proxy
-    PROXY_CONNECTED = "ProxyConnected"  # the proxy-to-proxy link is up, DRBD's sockets are not
-    CONNECTED = "Connected"  # DRBD's sockets are relayed
+    CONNECTING = "Connecting"
+    PROXY_CONNECTED = "ProxyConnected"
+    CONNECTED = "Connected"
 
 
 @dataclass
@@ -44,54 +84,73 @@ class Settings:
             self.plugins = compression_option("on" if value == COMPRESSION_ON else str(value))
         self.options[option] = value
 
-
-class _RefuseWhileUnlinked(protocol.Protocol):
-    """DRBD's inside connects are refused while the peer proxy is unreachable (SPEC 4.6)."""
-
-    _log = Logger()
-
-    def connectionMade(self) -> None:
-        conn = self.factory.connection  # type: ignore[attr-defined]
-        self._log.info(
-            "refusing a DRBD connection from {peer} on {name}: peer proxy not connected",
-            peer=str(self.transport.getPeer()),
-            name=conn.name,
-        )
-        self.transport.abortConnection()  # type: ignore[attr-defined]
+    @property
+    def ping_timeout(self) -> float:
+        return self.options.get("ping-timeout", DEFAULT_PING_TIMEOUT) / 10
 
 
-class _RefuseFactory(protocol.ServerFactory):
-    protocol = _RefuseWhileUnlinked
-
-    def __init__(self, connection: ProxyConnection) -> None:
-        self.connection = connection
+def _addr_bytes(addr: tuple[str, int]) -> bytes:
+    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+    return socket.inet_pton(family, addr[0]) + addr[1].to_bytes(2, "big")
 
 
 class ProxyConnection(Service):
-    """A named child service of the registry; binds its inside and outside addresses."""
+    """A named child service of the registry: one DRBD connection through the proxy pair."""
 
     _log = Logger()
 
-    def __init__(self, spec: ConnectionSpec, reactor: Any) -> None:
+    def __init__(self, spec: ConnectionSpec, reactor: Any, encoder: ChunkEncoder) -> None:
         self.name = spec.name
         self.spec = spec
         self._reactor = reactor
+        self.encoder = encoder
         self.settings = Settings()
         for option, value in spec.options.items():
             self.settings.apply(option, value)
+        self.budget = Budget(self.settings.memlimit)
         self.state = State.CONNECTING
-        self.buffered = 0
-        self.buffered_peak = 0
         self.reconnects = 0
+        self.link_rtt_ms: float | None = None
+        # The proxy with the lower outside address dials; the other accepts (no crossed links).
+        self.dialer = _addr_bytes(spec.listen_outside) < _addr_bytes(spec.connect_peer_outside)
+        self.control: LinkProtocol | None = None
+        self.bulk: LinkProtocol | None = None
+        self._session: bytes | None = None
+        self._ids: dict[LinkProtocol, StreamIdAllocator] = {}
+        self.streams: dict[tuple[LinkProtocol, int], Stream] = {}
         self._ports: list[IListeningPort] = []
+        self._retry: IDelayedCall | None = None
+        self._backoff = _BACKOFF_MIN
+        self._heartbeat: LoopingCall | None = None
+        self._last_rx = 0.0
+        self._ping_token = 0
+        self._codec: Codec | None = None
 
+    # -- settings --------------------------------------------------------------------------------
+    @property
+    def codec(self) -> Codec:
+        if self._codec is None:
+            self._codec = codec_for(self.settings.plugins)
+        return self._codec
+
+    def settingsChanged(self) -> None:
+        """Apply settings live: memlimit at once, a new codec from the next chunk on."""
+        self._codec = None
+        self.budget.setLimit(self.settings.memlimit)
+
+    def max_chunk(self, link: LinkProtocol) -> int:
+        accepted = link.accepted
+        return accepted.max_data_chunk if accepted is not None else 1 << 16
+
+    # -- service lifecycle -----------------------------------------------------------------------
     def bind(self) -> None:
         """Listen on the inside and outside addresses; raises if either is unavailable."""
         try:
-            for host, port in (self.spec.listen_inside, self.spec.listen_outside):
-                self._ports.append(
-                    self._reactor.listenTCP(port, _RefuseFactory(self), interface=host)
-                )
+            for (host, port), factory in (
+                (self.spec.listen_inside, InsideFactory(self)),
+                (self.spec.listen_outside, LinkServerFactory(self)),
+            ):
+                self._ports.append(self._reactor.listenTCP(port, factory, interface=host))
         except Exception:
             self.unbind()
             raise
@@ -101,7 +160,200 @@ class ProxyConnection(Service):
             port.stopListening()
         self._ports.clear()
 
-    def stopService(self) -> None:  # type: ignore[override]
+    def startService(self) -> None:
+        super().startService()
+        if self.dialer:
+            self._scheduleDial(0)
+
+    def stopService(self) -> Any:
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        for link in (self.control, self.bulk):
+            if link is not None and link.writer is not None:
+                link.writer.writeNow(GoAway(GoAwayReason.CONNECTION_REMOVED, "").encode())
+        self._teardown("connection removed", redial=False)
         self.unbind()
         self._log.info("connection {name} removed", name=self.name)
         return super().stopService()
+
+    # -- dialling the peer proxy -----------------------------------------------------------------
+    def _scheduleDial(self, delay: float | None = None) -> None:
+        if not self.running or not self.dialer:
+            return
+        if self._retry is not None and self._retry.active():
+            return
+        if delay is None:
+            delay = self._backoff * random.uniform(0.8, 1.2)
+            self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
+        self._retry = self._reactor.callLater(delay, self._dial, LinkRole.CONTROL)
+
+    def _dial(self, role: LinkRole) -> None:
+        if role is LinkRole.CONTROL:
+            self._session = new_session()
+        assert self._session is not None
+        handshake = ClientHandshake(self.name, role, self._session, DECODABLE)
+        host, port = self.spec.connect_peer_outside
+        self._reactor.connectTCP(host, port, LinkClientFactory(self, handshake), timeout=10)
+
+    def dialFailed(self, role: LinkRole, message: str) -> None:
+        self._log.debug("dialling the {role} link of {name} failed: {message}",
+                        role=role.name.lower(), name=self.name, message=message)
+        self._teardown(f"dial failed: {message}")
+
+    def serverHandshake(self) -> ServerHandshake:
+        return ServerHandshake(self._lookup, DECODABLE)
+
+    def _lookup(self, name: str, role: LinkRole, session: bytes) -> RejectReason | None:
+        if role is LinkRole.CONTROL:
+            return None  # a new control link replaces a stale one (the peer restarted)
+        if self.control is None or session != self._session:
+            return RejectReason.NO_SUCH_SESSION
+        return RejectReason.BUSY if self.bulk is not None else None
+
+    # -- link events (LinkOwner) -----------------------------------------------------------------
+    def linkBudget(self) -> Budget:
+        return self.budget
+
+    def linkActivity(self, link: LinkProtocol) -> None:
+        if link is self.control:
+            self._last_rx = self._reactor.seconds()
+
+    def linkUp(self, link: LinkProtocol, accepted: Accepted) -> None:
+        if accepted.role is LinkRole.CONTROL:
+            if self.control is not None:
+                self._teardown("the peer proxy opened a new control link", redial=False)
+            self.control = link
+            self._session = accepted.session
+            self._last_rx = self._reactor.seconds()
+            if link.side is Side.CLIENT:
+                self._dial(LinkRole.BULK)
+        else:
+            self.bulk = link
+        self._ids[link] = StreamIdAllocator(link.side)
+        if self.control is not None and self.bulk is not None:
+            self._proxyConnected()
+
+    def _proxyConnected(self) -> None:
+        self._backoff = _BACKOFF_MIN
+        self._setState(State.PROXY_CONNECTED, "links up")
+        interval = min(max(self.settings.ping_timeout / 4, 0.05), 2.0)
+        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat.clock = self._reactor
+        self._heartbeat.start(interval, now=True)
+
+    def linkRefused(self, link: LinkProtocol, rejected: Rejected) -> None:
+        self._log.warn("the peer proxy refused a link of {name}: {message}",
+                       name=self.name, message=rejected.message)
+
+    def linkDown(self, link: LinkProtocol, reason: str) -> None:
+        if link is self.control or link is self.bulk:
+            self._teardown(f"{link!r} lost: {reason}")
+        elif self.dialer and self.control is None:
+            self._scheduleDial()
+
+    def linkFrame(self, link: LinkProtocol, frame: Frame) -> None:
+        if isinstance(frame, Data):
+            stream = self.streams.get((link, frame.stream))
+            if stream is not None:
+                stream.fromPeer(frame)
+            else:
+                self._checkKnownStream(link, frame.stream)
+        elif isinstance(frame, Open):
+            self._peerOpened(link, frame)
+        elif isinstance(frame, Close):
+            stream = self.streams.pop((link, frame.stream), None)
+            if stream is not None:
+                stream.remoteClosed(frame)
+        elif isinstance(frame, Ping):
+            link.writer.writeNow(frame.pong().encode())  # type: ignore[union-attr]
+        elif isinstance(frame, Pong):
+            self.link_rtt_ms = (time.monotonic_ns() - frame.sent_ns) / 1e6
+        elif isinstance(frame, (GoAway, ErrorFrame)):
+            self._teardown(f"peer proxy: {frame.message or type(frame).__name__}")
+
+    def _checkKnownStream(self, link: LinkProtocol, sid: int) -> None:
+        """DATA for a stream already closed is dropped; for one never opened it is a violation."""
+        ids = self._ids.get(link)
+        mine = (sid & 1) == (1 if link.side is Side.CLIENT else 0)
+        if mine and (ids is None or sid > ids.last):
+            raise LinkProtocolError(ErrorCode.STREAM_ERROR, f"DATA for stream {sid} never opened")
+
+    # -- heartbeats ------------------------------------------------------------------------------
+    def _beat(self) -> None:
+        control = self.control
+        if control is None or control.writer is None:
+            return
+        now = self._reactor.seconds()
+        paused = control.reading is not None and control.reading.paused
+        if not paused and now - self._last_rx > self.settings.ping_timeout:
+            control.fail("peer proxy timed out (ping-timeout)")
+            return
+        self._ping_token += 1
+        control.writer.writeNow(Ping(self._ping_token, time.monotonic_ns()).encode())
+
+    # -- streams ---------------------------------------------------------------------------------
+    def acceptsDrbd(self) -> bool:
+        return self.state != State.CONNECTING
+
+    def openStream(self, kind: StreamKind, sock: DrbdSocket) -> Stream | None:
+        """DRBD opened a socket to our inside address: announce it to the peer proxy."""
+        link = self.control if kind is StreamKind.META else self.bulk
+        if link is None or link.writer is None:
+            return None
+        sid = self._ids[link].allocate()
+        stream = Stream(self, link, sid, kind, local_origin=True)
+        self.streams[(link, sid)] = stream
+        link.writer.push(Open(sid, kind, link.side).encode())
+        stream.attach(sock)
+        return stream
+
+    def _peerOpened(self, link: LinkProtocol, frame: Open) -> None:
+        """The peer's DRBD opened a socket: open ours to the local DRBD, from the inside IP."""
+        stream = Stream(self, link, frame.stream, frame.kind, local_origin=False)
+        self.streams[(link, frame.stream)] = stream
+        host, port = self.spec.connect_drbd
+        # DRBD 9 matches an incoming peer by IP: connect from the address DRBD knows as its peer.
+        source = (self.spec.listen_inside[0], 0)
+        self._reactor.connectTCP(host, port, DrbdConnectFactory(stream), timeout=10,
+                                 bindAddress=source)
+
+    def streamAttached(self, stream: Stream) -> None:
+        kinds = {s.kind for s in self.streams.values() if s.sock is not None}
+        if {StreamKind.DATA, StreamKind.META} <= kinds and self.state == State.PROXY_CONNECTED:
+            self._setState(State.CONNECTED, "DRBD data and meta sockets relayed")
+
+    def streamGone(self, stream: Stream) -> None:
+        if self.streams.get((stream.link, stream.sid)) is stream:
+            del self.streams[(stream.link, stream.sid)]
+        if self.state == State.CONNECTED:
+            kinds = {s.kind for s in self.streams.values() if s.sock is not None}
+            if not {StreamKind.DATA, StreamKind.META} <= kinds:
+                self._setState(State.PROXY_CONNECTED, "a DRBD socket closed")
+
+    # -- teardown --------------------------------------------------------------------------------
+    def _teardown(self, reason: str, redial: bool = True) -> None:
+        was = self.state
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        self._heartbeat = None
+        streams, self.streams = list(self.streams.values()), {}
+        for stream in streams:
+            stream.abort()
+        for link in (self.control, self.bulk):
+            if link is not None:
+                link.fail(reason)
+        self.control = self.bulk = None
+        self._ids.clear()
+        self.budget.reset()
+        if was != State.CONNECTING:
+            self.reconnects += 1
+            self._setState(State.CONNECTING, reason)
+        if redial:
+            self._scheduleDial()
+
+    def _setState(self, state: str, reason: str) -> None:
+        if state == self.state:
+            return
+        self._log.info("connection {name}: {old} -> {new} ({reason})",
+                       name=self.name, old=self.state, new=state, reason=reason)
+        self.state = state

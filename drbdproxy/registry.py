@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional
 
+import os
+
 from twisted.application.service import MultiService
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger, LogLevel, LogLevelFilterPredicate
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from . import __version__
 from .codecs import PluginError, parse_plugin
 from .connection import ProxyConnection
+from .pipeline import ChunkEncoder
 from .control.commands import ConnectionSpec
 from .control.interface import ControlError, IProxyControl
 from .units import format_address, format_size
@@ -23,6 +27,10 @@ _LEVELS = {
     "error": LogLevel.error,
     "critical": LogLevel.critical,
 }
+
+
+def _ratio(raw: int, wire: int) -> str:
+    return f"{raw / wire:.2f}" if wire else "-"
 
 
 def drbd_size(n: int) -> str:
@@ -44,6 +52,19 @@ class ConnectionRegistry(MultiService):
         self._reactor = reactor
         self._log_filter = log_filter
         self._stopping = False
+        # Compression workers: one per core, shared by every connection.
+        self._pool = ThreadPool(minthreads=1, maxthreads=max(2, os.cpu_count() or 2),
+                                name="drbdproxy-codec")
+        self._encoder = ChunkEncoder(reactor, self._pool)
+
+    def startService(self) -> None:
+        self._pool.start()
+        super().startService()
+
+    def stopService(self) -> Any:
+        d = super().stopService()
+        d.addBoth(lambda result: (self._pool.stop(), result)[1])
+        return d
 
     # -- lookup ----------------------------------------------------------------------------------
     def connection(self, name: str) -> ProxyConnection:
@@ -61,7 +82,7 @@ class ConnectionRegistry(MultiService):
         if spec.name in self.namedServices:
             raise ControlError(f"connection {spec.name!r} already exists")
         try:
-            conn = ProxyConnection(spec, self._reactor)
+            conn = ProxyConnection(spec, self._reactor, self._encoder)
         except PluginError as e:
             raise ControlError(str(e)) from None
         try:
@@ -81,6 +102,7 @@ class ConnectionRegistry(MultiService):
     def set_memlimit(self, name: str, size: int) -> Optional[Iterable[str]]:
         conn = self.connection(name)
         conn.settings.memlimit = size
+        conn.settingsChanged()
         self._log.info("memlimit of {name} set to {size}", name=name, size=size)
         return None
 
@@ -90,6 +112,7 @@ class ConnectionRegistry(MultiService):
             conn.settings.apply(option, value)
         except PluginError as e:
             raise ControlError(str(e)) from None
+        conn.settingsChanged()
         self._log.info("{option} of {name} set to {value}", option=option, name=name, value=value)
         return None
 
@@ -109,6 +132,7 @@ class ConnectionRegistry(MultiService):
                 plugins.append(spec)
             else:
                 plugins[index] = spec
+        conn.settingsChanged()
         self._log.info("plugins of {name}: {plugins}", name=name,
                        plugins=[p.render() for p in plugins])
         return None
@@ -146,15 +170,24 @@ class ConnectionRegistry(MultiService):
     def memusage(self, human: bool) -> Iterable[str]:
         size = format_size if human else str
         for c in self.connections_by_name:
-            yield (f"{c.name}: buffered {size(c.buffered)} memlimit {size(c.settings.memlimit)}"
-                   f" peak {size(c.buffered_peak)}")
+            b = c.budget
+            yield (f"{c.name}: buffered {size(b.used)} memlimit {size(b.limit)}"
+                   f" peak {size(b.peak)}")
 
     def connections(self, human: bool) -> Iterable[str]:
         for c in self.connections_by_name:
-            yield f"{c.name}: {c.state}"
+            rtt = f" link-rtt {c.link_rtt_ms:.1f}ms" if c.link_rtt_ms is not None else ""
+            yield f"{c.name}: {c.state} reconnects {c.reconnects}{rtt}"
 
     def subconnections(self, human: bool) -> Iterable[str]:
-        return []  # DRBD sockets are only relayed once the data path is in place
+        size = format_size if human else str
+        for c in self.connections_by_name:
+            for s in sorted(c.streams.values(), key=lambda s: (s.kind, s.sid)):
+                yield (f"{c.name} {s.name} stream {s.sid} drbd {s.peer}:"
+                       f" to-peer {size(s.to_peer)} (wire {size(s.to_peer_wire)},"
+                       f" ratio {_ratio(s.to_peer, s.to_peer_wire)})"
+                       f" from-peer {size(s.from_peer)} (wire {size(s.from_peer_wire)},"
+                       f" ratio {_ratio(s.from_peer, s.from_peer_wire)})")
 
     def details(self) -> Iterable[str]:
         return []
@@ -162,10 +195,18 @@ class ConnectionRegistry(MultiService):
     def statistics(self) -> Iterable[str]:
         for c in self.connections_by_name:
             yield f"{c.name}.state {c.state}"
-            yield f"{c.name}.memlimit {c.settings.memlimit}"
-            yield f"{c.name}.buffered {c.buffered}"
-            yield f"{c.name}.buffered_peak {c.buffered_peak}"
+            yield f"{c.name}.memlimit {c.budget.limit}"
+            yield f"{c.name}.buffered {c.budget.used}"
+            yield f"{c.name}.buffered_peak {c.budget.peak}"
+            rtt = f"{c.link_rtt_ms:.3f}" if c.link_rtt_ms is not None else "-"
+            yield f"{c.name}.link_rtt_ms {rtt}"
             yield f"{c.name}.reconnects {c.reconnects}"
+            for s in c.streams.values():
+                prefix = f"{c.name}.{s.name}"
+                yield f"{prefix}.to_peer.bytes {s.to_peer}"
+                yield f"{prefix}.to_peer.wire_bytes {s.to_peer_wire}"
+                yield f"{prefix}.from_peer.bytes {s.from_peer}"
+                yield f"{prefix}.from_peer.wire_bytes {s.from_peer_wire}"
 
     def version(self) -> Iterable[str]:
         return [f"drbdproxy {__version__}"]

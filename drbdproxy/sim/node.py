@@ -95,6 +95,7 @@ class Node:
         self._pinger: Pinger | None = None
         self._role: PrimaryStream | SecondaryVerifier | None = None
         self._connected = False
+        self._early_meta: list[Packet] = []
         self._finished = False
         self._progress: LoopingCall | None = None
 
@@ -238,14 +239,19 @@ class Node:
                 sock.close()
         self._data = self._meta = None
         self._handshake = None
+        self._early_meta = []
         self._establisher.slots.clear()
         self._establisher.start()
 
     def _dispatch(self, sock: DrbdSocket, packet: Packet) -> None:
         if not self._connected:
-            if sock.kind is not Sock.DATA:
+            if sock.kind is Sock.DATA:
+                self._handshakeStep(packet)
+            elif len(self._early_meta) < 16:
+                # The peer may finish its handshake first and ping at once: keep it for later.
+                self._early_meta.append(packet)
+            else:
                 raise HandshakeError(f"{packet.name} on the meta socket during the handshake")
-            self._handshakeStep(packet)
             return
         if packet.command == Cmd.P_PING:
             self._meta.send(Cmd.P_PING_ACK)  # type: ignore[union-attr]
@@ -298,6 +304,9 @@ class Node:
                 self.reactor, self._data, self._meta, self.stats, sectors, self._complete
             )
         self._role.start()
+        early, self._early_meta = self._early_meta, []
+        for packet in early:
+            self._dispatch(self._meta, packet)
         if self.config.progress > 0:
             self._progress = LoopingCall(self._showProgress)
             self._progress.clock = self.reactor

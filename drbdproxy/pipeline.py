@@ -1,0 +1,237 @@
+"""The bounded pipeline between DRBD and the link: memlimit accounting, ordered compression, writers.
+
+Plain objects with no sockets of their own: a :class:`Budget` counts every byte a connection
+holds and pauses DRBD reads at memlimit; a :class:`ChunkEncoder` compresses chunks in worker
+threads; a :class:`FrameWriter` keeps a link's frames in order (a frame whose compression is still
+running blocks the ones behind it) and writes only while the link's transport wants more.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .codecs import RAW_CODEC, Codec, encode_chunk
+from .link import encode_data_header
+
+
+class Budget:
+    """Bytes a connection holds against its memlimit, with watermarks for DRBD backpressure.
+
+    At ``limit`` every registered reader (the DRBD sockets' transports) is paused; they resume once
+    usage falls to the low watermark. One read can overshoot the limit: that is the fixed slack.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self.paused = False
+        self.pauses = 0
+        self._readers: set[IPushProducer] = set()
+
+    @property
+    def low(self) -> int:
+        return max(0, self.limit - max(self.limit // 8, 64 << 10))
+
+    def register(self, reader: IPushProducer) -> None:
+        self._readers.add(reader)
+        if self.paused:
+            reader.pauseProducing()
+
+    def unregister(self, reader: IPushProducer) -> None:
+        self._readers.discard(reader)
+
+    def add(self, n: int) -> None:
+        self.used += n
+        self.peak = max(self.peak, self.used)
+        if not self.paused and self.used >= self.limit:
+            self.paused = True
+            self.pauses += 1
+            for reader in list(self._readers):
+                reader.pauseProducing()
+
+    def sub(self, n: int) -> None:
+        self.used -= n
+        self._maybeResume()
+
+    def setLimit(self, limit: int) -> None:
+        """Change memlimit live: raising resumes readers, lowering keeps what is held."""
+        self.limit = limit
+        if not self.paused and self.used >= limit:
+            self.add(0)
+        self._maybeResume()
+
+    def reset(self) -> None:
+        """Forget everything held (the connection dropped its queues) and resume readers."""
+        self.used = 0
+        self._maybeResume()
+
+    def _maybeResume(self) -> None:
+        if self.paused and self.used <= self.low:
+            self.paused = False
+            for reader in list(self._readers):
+                reader.resumeProducing()
+
+
+@dataclass
+class Encoded:
+    """A chunk ready for a DATA frame."""
+
+    codec: int
+    raw_length: int
+    crc32: int
+    payload: bytes
+
+
+def _encode(codec: Codec, data: bytes) -> Encoded:
+    crc = zlib.crc32(data)
+    codec_id, payload = encode_chunk(codec, data)
+    return Encoded(codec_id, len(data), crc, payload)
+
+
+class ChunkEncoder:
+    """Compresses chunks off the reactor thread; raw chunks are done inline (only a crc32)."""
+
+    def __init__(self, reactor: Any, threadpool: Any) -> None:
+        self._reactor = reactor
+        self._pool = threadpool
+
+    def encode(self, codec: Codec, data: bytes) -> Deferred[Encoded]:
+        if codec is RAW_CODEC or codec.id == RAW_CODEC.id:
+            return succeed(Encoded(0, len(data), zlib.crc32(data), data))
+        return deferToThreadPool(self._reactor, self._pool, _encode, codec, data)
+
+
+class _Entry:
+    __slots__ = ("chunks", "cost", "ready")
+
+    def __init__(self, chunks: list[bytes] | None, cost: int) -> None:
+        self.chunks = chunks
+        self.cost = cost
+        self.ready = chunks is not None
+
+
+@implementer(IPushProducer)
+class FrameWriter:
+    """Writes one link's frames in order, only while its transport is not asking us to pause.
+
+    Frames wait in our own queue (counted in the connection's budget) rather than in the
+    transport's buffer, so the transport never holds more than one frame beyond its own limit.
+    """
+
+    _log = Logger()
+
+    def __init__(self, transport: Any, budget: Budget, on_error: Callable[[Failure], None]) -> None:
+        self._transport = transport
+        self._budget = budget
+        self._on_error = on_error
+        self._queue: deque[_Entry] = deque()
+        self._paused = False
+        self._closed = False
+        transport.registerProducer(self, True)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def writeNow(self, data: bytes) -> None:
+        """Heartbeats: straight to the transport, ahead of queued frames."""
+        if not self._closed:
+            self._transport.write(data)
+
+    def push(self, data: bytes, cost: int = 0) -> None:
+        """Queue a ready frame (its cost, if any, is already counted in the budget)."""
+        self._queue.append(_Entry([data], cost))
+        self._flush()
+
+    def pushData(self, stream: int, pending: Deferred[Encoded], raw_cost: int) -> None:
+        """Queue a DATA frame whose payload is still being compressed; order is kept."""
+        entry = _Entry(None, raw_cost)
+        self._queue.append(entry)
+        pending.addCallbacks(self._encoded, self._failed, callbackArgs=(entry, stream))
+
+    def _encoded(self, enc: Encoded, entry: _Entry, stream: int) -> None:
+        if self._closed:
+            return
+        header = encode_data_header(stream, enc.codec, enc.raw_length, enc.crc32, len(enc.payload))
+        entry.chunks = [header, enc.payload]
+        # Hold what the frame really costs now: the compressed payload, not the raw chunk.
+        wire = len(header) + len(enc.payload)
+        self._budget.sub(entry.cost - wire)
+        entry.cost = wire
+        entry.ready = True
+        self._flush()
+
+    def _failed(self, failure: Failure) -> None:
+        if not self._closed:
+            self._on_error(failure)
+
+    def _flush(self) -> None:
+        queue = self._queue
+        while queue and queue[0].ready and not self._paused and not self._closed:
+            entry = queue.popleft()
+            assert entry.chunks is not None
+            if len(entry.chunks) == 1:
+                self._transport.write(entry.chunks[0])
+            else:
+                self._transport.writeSequence(entry.chunks)
+            self._budget.sub(entry.cost)
+
+    def close(self) -> None:
+        """Drop everything queued (the link is gone); the budget is reset by the connection."""
+        self._closed = True
+        self._queue.clear()
+
+    # IPushProducer, driven by the link transport
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._flush()
+
+    def stopProducing(self) -> None:
+        self.close()
+
+
+class PauseReasons:
+    """Pauses a transport's reading while any reason holds (pause/resume are not counted)."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self._reasons: set[object] = set()
+
+    def pause(self, reason: object) -> None:
+        if not self._reasons:
+            self._transport.pauseProducing()
+        self._reasons.add(reason)
+
+    def resume(self, reason: object) -> None:
+        if reason in self._reasons:
+            self._reasons.discard(reason)
+            if not self._reasons:
+                self._transport.resumeProducing()
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._reasons)
+
+
+def chunks(data: bytes, size: int) -> Iterable[bytes]:
+    """Split ``data`` into pieces of at most ``size`` bytes (no copy when it already fits)."""
+    if len(data) <= size:
+        yield data
+        return
+    view = memoryview(data)
+    for i in range(0, len(data), size):
+        yield bytes(view[i : i + size])

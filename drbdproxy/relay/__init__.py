@@ -1,0 +1,1 @@
+"""The Twisted side of the data path: thin protocols for links and DRBD sockets."""

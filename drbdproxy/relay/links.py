@@ -1,0 +1,147 @@
+"""A proxy-to-proxy link as a Twisted protocol: bytes to frames and back, nothing more.
+
+Each link is either the connection's control link (handshake, heartbeats, DRBD meta sockets) or
+its bulk link (DRBD data sockets). What a frame means is decided by the link's owner.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol as TypingProtocol
+
+from twisted.internet import protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..link import (
+    Accepted,
+    ClientHandshake,
+    Frame,
+    LinkDecoder,
+    LinkError,
+    LinkProtocolError,
+    LinkRole,
+    Rejected,
+    ServerHandshake,
+    Side,
+)
+from ..pipeline import Budget, FrameWriter, PauseReasons
+
+
+class LinkOwner(TypingProtocol):
+    def linkUp(self, link: LinkProtocol, accepted: Accepted) -> None: ...
+    def linkRefused(self, link: LinkProtocol, rejected: Rejected) -> None: ...
+    def linkFrame(self, link: LinkProtocol, frame: Frame) -> None: ...
+    def linkActivity(self, link: LinkProtocol) -> None: ...
+    def linkDown(self, link: LinkProtocol, reason: str) -> None: ...
+    def linkBudget(self) -> Budget: ...
+
+
+class LinkProtocol(protocol.Protocol):
+    """One TCP link to the peer proxy, in the role its handshake names."""
+
+    _log = Logger()
+
+    def __init__(self, owner: LinkOwner, side: Side,
+                 handshake: ClientHandshake | ServerHandshake) -> None:
+        self.owner = owner
+        self.side = side
+        self.handshake = handshake
+        self.role: LinkRole | None = (
+            handshake.hello_frame.role if isinstance(handshake, ClientHandshake) else None
+        )
+        self.accepted: Accepted | None = None
+        self.writer: FrameWriter | None = None
+        self.reading: PauseReasons | None = None
+        self._decoder = LinkDecoder(side)
+        self._down_reason: str | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def __repr__(self) -> str:
+        role = self.role.name.lower() if self.role else "?"
+        return f"<link {role} {self.side.name.lower()}>"
+
+    def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        self.writer = FrameWriter(self.transport, self.owner.linkBudget(), self._writeFailed)
+        self.reading = PauseReasons(self.transport)
+        if isinstance(self.handshake, ClientHandshake):
+            self.transport.write(self.handshake.hello())
+
+    def dataReceived(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        self.owner.linkActivity(self)
+        for item in self._decoder.feed(data):
+            if isinstance(item, LinkError):
+                self.fail(f"protocol violation: {item}", item.frame().encode())
+                return
+            try:
+                self._frame(item)
+            except LinkProtocolError as e:
+                self.fail(f"protocol violation: {e}", None if e.from_peer else e.frame().encode())
+                return
+            if self._down_reason is not None:
+                return
+
+    def _frame(self, frame: Frame) -> None:
+        if self.accepted is not None:
+            self.owner.linkFrame(self, frame)
+            return
+        if isinstance(self.handshake, ClientHandshake):
+            outcome = self.handshake.receive(frame)
+        else:
+            reply, outcome = self.handshake.receive(frame)
+            self.transport.write(reply)
+        if isinstance(outcome, Rejected):
+            self._down_reason = f"refused: {outcome.message}"
+            self.owner.linkRefused(self, outcome)
+            self.transport.loseConnection()
+            return
+        self.accepted = outcome
+        self.role = outcome.role
+        self.owner.linkUp(self, outcome)
+
+    def fail(self, reason: str, last_words: bytes | None = None) -> None:
+        """Drop the link at once, telling the peer why when there is something to say."""
+        if self._down_reason is None:
+            self._down_reason = reason
+        if self.writer is not None:
+            self.writer.close()
+        if last_words and self.transport is not None:
+            self.transport.write(last_words)
+            self.transport.loseConnection()
+        elif self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _writeFailed(self, failure: Failure) -> None:
+        self._log.failure("encoding a frame failed on {link}", failure=failure, link=repr(self))
+        self.fail(f"internal error: {failure.getErrorMessage()}")
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.owner.linkDown(self, self._down_reason or reason.getErrorMessage())
+
+
+class LinkServerFactory(protocol.ServerFactory):
+    """Accepts the peer proxy's links on the outside address."""
+
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner
+
+    def buildProtocol(self, addr: Any) -> LinkProtocol:
+        return LinkProtocol(self.owner, Side.SERVER, self.owner.serverHandshake())
+
+
+class LinkClientFactory(protocol.ClientFactory):
+    """Dials one link to the peer proxy's outside address."""
+
+    def __init__(self, owner: Any, handshake: ClientHandshake) -> None:
+        self.owner = owner
+        self.handshake = handshake
+
+    def buildProtocol(self, addr: Any) -> LinkProtocol:
+        return LinkProtocol(self.owner, Side.CLIENT, self.handshake)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.owner.dialFailed(self.handshake.hello_frame.role, reason.getErrorMessage())
