@@ -125,6 +125,8 @@ class ProxyConnection(Service):
         self._last_rx = 0.0
         self._ping_token = 0
         self._codec: Codec | None = None
+        #: Byte counters of DRBD sockets that have closed, per kind (data, meta, opaque).
+        self.closed_totals: dict[str, dict[str, int]] = {}
 
     # -- settings --------------------------------------------------------------------------------
     @property
@@ -322,7 +324,15 @@ class ProxyConnection(Service):
         if {StreamKind.DATA, StreamKind.META} <= kinds and self.state == State.PROXY_CONNECTED:
             self._setState(State.CONNECTED, "DRBD data and meta sockets relayed")
 
+    def totals(self) -> dict[str, dict[str, int]]:
+        """Byte counters per DRBD socket kind, over closed and live sockets."""
+        result = {kind: dict(counters) for kind, counters in self.closed_totals.items()}
+        for stream in self.streams.values():
+            _addCounters(result.setdefault(stream.name, {}), stream)
+        return result
+
     def streamGone(self, stream: Stream) -> None:
+        _addCounters(self.closed_totals.setdefault(stream.name, {}), stream)
         if self.streams.get((stream.link, stream.sid)) is stream:
             del self.streams[(stream.link, stream.sid)]
         if self.state == State.CONNECTED:
@@ -339,6 +349,7 @@ class ProxyConnection(Service):
         streams, self.streams = list(self.streams.values()), {}
         for stream in streams:
             stream.abort()
+            _addCounters(self.closed_totals.setdefault(stream.name, {}), stream)
         for link in (self.control, self.bulk):
             if link is not None:
                 link.fail(reason)
@@ -357,3 +368,11 @@ class ProxyConnection(Service):
         self._log.info("connection {name}: {old} -> {new} ({reason})",
                        name=self.name, old=self.state, new=state, reason=reason)
         self.state = state
+
+
+_COUNTERS = ("to_peer", "to_peer_wire", "from_peer", "from_peer_wire")
+
+
+def _addCounters(into: dict[str, int], stream: Stream) -> None:
+    for key in _COUNTERS:
+        into[key] = into.get(key, 0) + getattr(stream, key)

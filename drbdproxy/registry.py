@@ -171,8 +171,9 @@ class ConnectionRegistry(MultiService):
         size = format_size if human else str
         for c in self.connections_by_name:
             b = c.budget
+            reads = "paused" if b.paused else "running"
             yield (f"{c.name}: buffered {size(b.used)} memlimit {size(b.limit)}"
-                   f" peak {size(b.peak)}")
+                   f" peak {size(b.peak)} drbd-reads {reads}")
 
     def connections(self, human: bool) -> Iterable[str]:
         for c in self.connections_by_name:
@@ -201,12 +202,12 @@ class ConnectionRegistry(MultiService):
             rtt = f"{c.link_rtt_ms:.3f}" if c.link_rtt_ms is not None else "-"
             yield f"{c.name}.link_rtt_ms {rtt}"
             yield f"{c.name}.reconnects {c.reconnects}"
-            for s in c.streams.values():
-                prefix = f"{c.name}.{s.name}"
-                yield f"{prefix}.to_peer.bytes {s.to_peer}"
-                yield f"{prefix}.to_peer.wire_bytes {s.to_peer_wire}"
-                yield f"{prefix}.from_peer.bytes {s.from_peer}"
-                yield f"{prefix}.from_peer.wire_bytes {s.from_peer_wire}"
+            for kind, t in sorted(c.totals().items()):
+                prefix = f"{c.name}.{kind}"
+                yield f"{prefix}.to_peer.bytes {t['to_peer']}"
+                yield f"{prefix}.to_peer.wire_bytes {t['to_peer_wire']}"
+                yield f"{prefix}.from_peer.bytes {t['from_peer']}"
+                yield f"{prefix}.from_peer.wire_bytes {t['from_peer_wire']}"
 
     def version(self) -> Iterable[str]:
         return [f"drbdproxy {__version__}"]

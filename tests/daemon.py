@@ -46,3 +46,76 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.terminate()
         return self.proc.wait(timeout=30)
+
+
+def wait_until(predicate, what: str, timeout: float = 60) -> None:
+    """Poll ``predicate`` (an event we cannot be notified of) until true; fail after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class ProxyPair:
+    """Two daemons, alice and bob, linked for one DRBD connection on loopback.
+
+    alice's DRBD (a drbd-sim) listens on ``alice_drbd`` and connects to alice's inside address;
+    bob's likewise. Connection names follow drbdadm: r0-bob-alice at alice, r0-alice-bob at bob.
+    """
+
+    def __init__(self, workdir: Path, *setup: str) -> None:
+        from helpers import free_ports
+
+        (self.alice_drbd, self.alice_in, self.alice_out,
+         self.bob_drbd, self.bob_in, self.bob_out) = free_ports(6)
+        self.alice = Daemon(workdir, "alice")
+        self.bob = Daemon(workdir, "bob")
+        self.configure(self.alice, *setup)
+        self.configure(self.bob, *setup)
+
+    def name(self, daemon: Daemon) -> str:
+        return "r0-bob-alice" if daemon is self.alice else "r0-alice-bob"
+
+    def configure(self, daemon: Daemon, *setup: str) -> None:
+        ip = "127.0.0.1"
+        if daemon is self.alice:
+            ports = (self.alice_in, self.bob_out, self.alice_out, self.alice_drbd)
+        else:
+            ports = (self.bob_in, self.alice_out, self.bob_out, self.bob_drbd)
+        name = self.name(daemon)
+        add = f"add connection {name} " + " ".join(f"{ip}:{p}" for p in ports)
+        args = ["-c", add]
+        for command in setup:
+            args += ["-c", command.format(name=name)]
+        daemon.ctl(*args, check=True)
+
+    def state(self, daemon: Daemon) -> str:
+        out = daemon.ctl("list", "connections").stdout
+        return out.split(":", 1)[1].split()[0] if ":" in out else ""
+
+    def wait_linked(self) -> None:
+        for d in (self.alice, self.bob):
+            wait_until(lambda d=d: self.state(d) in ("ProxyConnected", "Connected"),
+                       "the proxies to link up")
+
+    def stats(self, daemon: Daemon) -> dict[str, str]:
+        out = daemon.ctl("print", "statistics", check=True).stdout
+        return dict(line.split(" ", 1) for line in out.splitlines())
+
+    def sim_args(self, *extra: str) -> tuple[list[str], list[str]]:
+        """drbd-sim arguments: primary at alice, secondary at bob."""
+        ip = "127.0.0.1"
+        common = ["--connect-timeout", "60", "--ping-timeout", "10", *extra]
+        return (
+            ["--role", "primary", "--listen", f"{ip}:{self.alice_drbd}",
+             "--peer", f"{ip}:{self.alice_in}", *common],
+            ["--role", "secondary", "--listen", f"{ip}:{self.bob_drbd}",
+             "--peer", f"{ip}:{self.bob_in}", *common],
+        )
+
+    def stop(self) -> None:
+        for d in (self.alice, self.bob):
+            d.stop()

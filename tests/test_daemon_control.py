@@ -31,7 +31,7 @@ def test_drbdadm_9_argv_configures_a_connection(daemon):
     assert out.returncode == 0, out.stderr
     settings = daemon.ctl("show", "proxy-settings", "r0-bob-alice", check=True).stdout
     assert settings.split() == ("proxy { memlimit 100M; plugin { zlib level 6; lz4 level 9; } }").split()
-    assert daemon.ctl("list", "connections", check=True).stdout == "r0-bob-alice: Connecting\n"
+    assert daemon.ctl("list", "connections", check=True).stdout.startswith("r0-bob-alice: Connecting")
 
 
 def test_bad_input_is_refused_and_changes_nothing(daemon):
@@ -48,7 +48,7 @@ def test_bad_input_is_refused_and_changes_nothing(daemon):
         out = daemon.ctl("-c", command)
         assert out.returncode == 1 and needle in out.stderr, (command, out.stderr)
     assert daemon.ctl("show", "proxy-settings", "r0", check=True).stdout == before
-    assert daemon.ctl("list", "connections", check=True).stdout == "r0: Connecting\n"
+    assert daemon.ctl("list", "connections", check=True).stdout.startswith("r0: Connecting")
 
 
 def test_a_port_in_use_is_a_clear_error(daemon):
