@@ -132,13 +132,26 @@ class ProxyConnection(Service):
     @property
     def codec(self) -> Codec:
         if self._codec is None:
-            self._codec = codec_for(self.settings.plugins)
+            codec = codec_for(self.settings.plugins)
+            accepted = self.bulk.accepted if self.bulk is not None else None
+            if accepted is not None and int(codec.id) not in accepted.peer_codecs:
+                # The handshake told us what the peer can decompress: never send it more.
+                self._log.warn("peer proxy of {name} cannot decompress {codec}; sending raw",
+                               name=self.name, codec=codec.describe())
+                codec = codec_for([])
+            self._codec = codec
         return self._codec
 
     def settingsChanged(self) -> None:
-        """Apply settings live: memlimit at once, a new codec from the next chunk on."""
+        """Apply settings live: memlimit at once, a new codec from the next chunk on, bwlimit."""
         self._codec = None
         self.budget.setLimit(self.settings.memlimit)
+        self._applyBwlimit()
+
+    def _applyBwlimit(self) -> None:
+        # Only the bulk link is limited: meta traffic and heartbeats never wait for tokens.
+        if self.bulk is not None and self.bulk.writer is not None:
+            self.bulk.writer.limitRate(self._reactor, self.settings.options.get("bwlimit", 0))
 
     def max_chunk(self, link: LinkProtocol) -> int:
         accepted = link.accepted
@@ -213,6 +226,10 @@ class ProxyConnection(Service):
         return RejectReason.BUSY if self.bulk is not None else None
 
     # -- link events (LinkOwner) -----------------------------------------------------------------
+    @property
+    def clock(self) -> Any:
+        return self._reactor
+
     def linkBudget(self) -> Budget:
         return self.budget
 
@@ -231,6 +248,8 @@ class ProxyConnection(Service):
                 self._dial(LinkRole.BULK)
         else:
             self.bulk = link
+            self._codec = None  # choose again, within what this peer can decompress
+            self._applyBwlimit()
         self._ids[link] = StreamIdAllocator(link.side)
         if self.control is not None and self.bulk is not None:
             self._proxyConnected()

@@ -1,97 +1,203 @@
-"""``drbd-proxy-demo``: the embedded demo that ``make demo`` runs.
+"""``drbd-proxy-demo``: the embedded demo that ``make demo`` runs (SPEC 3.6).
 
-For now it replicates between two drbd-sim nodes directly over loopback (the proxy pair joins
-them in the next step of the project), showing live progress and a verified summary.
+Everything on loopback: two proxy daemons (sites alice and bob) under twistd, and two drbd-sim
+nodes in this process. alice's DRBD writes disk-like data through the pair; the link from alice
+to bob is capped (bwlimit), so alice's buffer visibly fills to memlimit and drains.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
+from .control.ctl import Unreachable, run_commands
 from .drbd.payloads import WireProtocol
 from .sim.config import SimConfig
 from .units import format_size, parse_size
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+BIN = Path(sys.executable).parent
 
 
-def _configs(size: int, protocol: WireProtocol) -> tuple[SimConfig, SimConfig]:
-    a, b = ("127.0.0.1", _free_port()), ("127.0.0.1", _free_port())
-    common: dict[str, Any] = dict(protocol=protocol, size=size, ping_timeout=5.0)
-    return (
-        SimConfig(role="primary", listen=a, peer=b, **common),
-        SimConfig(role="secondary", listen=b, peer=a, **common),
-    )
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
-def _summary(reports: list[dict[str, Any]]) -> str:
-    rows = [("", "primary (alice)", "secondary (bob)")]
+class Site:
+    """One proxy daemon (twistd drbd-proxy) and how to talk to it."""
 
-    def row(label: str, fn: Any) -> None:
-        rows.append((label, *(str(fn(r)) for r in reports)))
+    def __init__(self, name: str, workdir: Path) -> None:
+        self.name = name
+        self.socket = workdir / f"{name}.ctl"
+        self.logfile = workdir / f"{name}.log"
+        self.proc = subprocess.Popen(
+            [str(BIN / "twistd"), "-n", "--pidfile=", f"--logfile={self.logfile}", "drbd-proxy",
+             "--control", f"unix:{self.socket}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
 
-    row("verified", lambda r: r["verified"])
-    row("bytes", lambda r: format_size(r["bytes"]))
-    row("writes", lambda r: r["writes"])
-    row("epochs", lambda r: r["epochs"])
-    row("MB/s", lambda r: r["mb_per_s"])
-    row("write latency p50/p99 ms", lambda r: f"{r['write_latency_ms']['p50']}/{r['write_latency_ms']['p99']}")
-    row("ping RTT p50 ms", lambda r: r["ping_rtt_ms"]["p50"])
-    row("error", lambda r: r["error"] or "-")
-    widths = [max(len(cells[i]) for cells in rows) for i in range(3)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(cells, widths)) for cells in rows)
+    def ctl(self, *commands: str) -> tuple[int, str]:
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            rc = run_commands(str(self.socket), list(commands), out, err)
+        except Unreachable as e:
+            return 3, str(e)
+        return rc, out.getvalue() + err.getvalue()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.ctl("show version")[0] != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"proxy {self.name} did not start; see {self.logfile}")
+            time.sleep(0.05)
+
+    def stats(self) -> dict[str, str]:
+        _, text = self.ctl("print statistics")
+        return dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.ctl("shutdown")
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
-def main(argv: Sequence[str] | None = None) -> NoReturn:
-    parser = argparse.ArgumentParser(prog="drbd-proxy-demo", description=__doc__)
-    parser.add_argument("--size", default="256M", help="bytes the primary writes (default 256M)")
-    parser.add_argument("--protocol", default="C", choices=("A", "B", "C"))
-    args = parser.parse_args(argv)
+def _configure(alice: Site, bob: Site, ports: dict[str, int], memlimit: str, bwlimit: str) -> None:
+    ip = "127.0.0.1"
+    p = ports
+    for site, name, own_in, peer_out, own_out, drbd in (
+        (alice, "r0-bob-alice", p["a_in"], p["b_out"], p["a_out"], p["a_drbd"]),
+        (bob, "r0-alice-bob", p["b_in"], p["a_out"], p["b_out"], p["b_drbd"]),
+    ):
+        rc, text = site.ctl(
+            f"add connection {name} {ip}:{own_in} {ip}:{peer_out} {ip}:{own_out} {ip}:{drbd}",
+            f"set memlimit {name} {memlimit}",
+            f"set compression {name} on",
+            f"set bwlimit {name} {bwlimit}",
+        )
+        if rc:
+            raise RuntimeError(f"configuring {site.name} failed: {text}")
 
+
+def _wait_linked(alice: Site, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while alice.stats().get("r0-bob-alice.state") not in ("ProxyConnected", "Connected"):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the proxies did not link up")
+        time.sleep(0.05)
+
+
+def _replicate(ports: dict[str, int], size: int, protocol: WireProtocol, alice: Site,
+               bob: Site) -> list[dict[str, Any]]:
     from twisted.internet import reactor
     from twisted.internet.defer import gatherResults
     from twisted.internet.task import LoopingCall
 
-    from .sim.node import Node, stderr_log
+    from .sim.node import Node
 
-    primary_cfg, secondary_cfg = _configs(parse_size(args.size), WireProtocol[args.protocol])
-    nodes = [
-        Node(primary_cfg, reactor, stderr_log("alice/primary")),
-        Node(secondary_cfg, reactor, stderr_log("bob/secondary")),
-    ]
+    ip = "127.0.0.1"
+    common: dict[str, Any] = dict(protocol=protocol, size=size, ping_timeout=10.0)
+    primary = Node(SimConfig(role="primary", listen=(ip, ports["a_drbd"]), peer=(ip, ports["a_in"]),
+                             **common), reactor, lambda message: None)
+    secondary = Node(SimConfig(role="secondary", listen=(ip, ports["b_drbd"]),
+                               peer=(ip, ports["b_in"]), **common), reactor, lambda message: None)
     results: list[dict[str, Any]] = []
+    started = time.monotonic()
 
     def progress() -> None:
-        written, verified = (n.stats.bytes for n in nodes)
-        print(f"  written {format_size(written):>8}   verified on bob {format_size(verified):>8}",
-              flush=True)
+        s = alice.stats()
+        raw = int(s.get("r0-bob-alice.data.to_peer.bytes", 0))
+        packed = int(s.get("r0-bob-alice.data.to_peer.wire_bytes", 0))
+        ratio = f"{raw / packed:4.2f}" if packed else "   -"
+        # What really crossed the link is what bob received.
+        wire = int(bob.stats().get("r0-alice-bob.data.from_peer.wire_bytes", 0))
+        print(f"  {time.monotonic() - started:5.1f}s  written {format_size(primary.stats.bytes):>7}"
+              f"  buffered at alice {format_size(int(s.get('r0-bob-alice.buffered', 0))):>7}"
+              f"  sent over the link {format_size(wire):>7} (lz4 {ratio}:1)"
+              f"  verified at bob {format_size(secondary.stats.bytes):>7}", flush=True)
 
     ticker = LoopingCall(progress)
 
     def done(reports: list[dict[str, Any]]) -> None:
-        results.extend(reports)
+        results.extend([reports[1], reports[0]])
         if ticker.running:
             ticker.stop()
         reactor.stop()  # type: ignore[attr-defined]
 
     def start() -> None:
-        print(f"drbd-proxy-demo: replicating {args.size} (protocol {args.protocol}) from alice to bob")
-        d = gatherResults([nodes[1].run(), nodes[0].run()])
-        d.addCallback(lambda reports: done([reports[1], reports[0]]))
+        gatherResults([secondary.run(), primary.run()]).addCallback(done)
         ticker.start(0.5, now=False)
 
     reactor.callWhenRunning(start)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
-    print(_summary(results))
-    ok = len(results) == 2 and all(r["verified"] for r in results)
+    progress()
+    return results
+
+
+def _summary(reports: list[dict[str, Any]], stats: dict[str, str], bwlimit: str) -> str:
+    raw = int(stats.get("r0-bob-alice.data.to_peer.bytes", 0))
+    wire = int(stats.get("r0-bob-alice.data.to_peer.wire_bytes", 0))
+    p, s = reports
+    rows = [
+        ("primary (alice) wrote", format_size(p["bytes"]), f"{p['mb_per_s']} MB/s"),
+        ("secondary (bob) verified", format_size(s["bytes"]), f"{s['mb_per_s']} MB/s"),
+        ("link cap (bwlimit)", bwlimit + "/s", ""),
+        ("sent over the link", format_size(wire), f"lz4 {raw / wire:.2f}:1" if wire else ""),
+        ("alice buffer peak", format_size(int(stats.get("r0-bob-alice.buffered_peak", 0))),
+         f"memlimit {format_size(int(stats.get('r0-bob-alice.memlimit', 0)))}"),
+        ("write latency p50/p99", f"{p['write_latency_ms']['p50']}/{p['write_latency_ms']['p99']} ms",
+         "(epoch acked)"),
+        ("DRBD ping RTT p50/max", f"{p['ping_rtt_ms']['p50']}/{p['ping_rtt_ms']['max']} ms", ""),
+        ("errors", p["error"] or "-", s["error"] or "-"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"  {a.ljust(width)}  {b:>12}  {c}" for a, b, c in rows)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    parser = argparse.ArgumentParser(prog="drbd-proxy-demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="256M", help="bytes alice's DRBD writes (default 256M)")
+    parser.add_argument("--protocol", default="A", choices=("A", "B", "C"))
+    parser.add_argument("--memlimit", default="48M", help="alice's buffer (default 48M)")
+    parser.add_argument("--bwlimit", default="32M", help="link cap in bytes/s (default 32M)")
+    args = parser.parse_args(argv)
+    size = parse_size(args.size)
+    names = ("a_drbd", "a_in", "a_out", "b_drbd", "b_in", "b_out")
+    ports = dict(zip(names, _free_ports(len(names))))
+    with tempfile.TemporaryDirectory(prefix="drbd-proxy-demo-") as tmp:
+        sites = [Site("alice", Path(tmp)), Site("bob", Path(tmp))]
+        try:
+            for site in sites:
+                site.wait_ready()
+            alice, bob = sites
+            _configure(alice, bob, ports, args.memlimit, args.bwlimit)
+            _wait_linked(alice)
+            print(f"drbd-proxy-demo: alice's DRBD writes {args.size} of disk-like data (protocol"
+                  f" {args.protocol}) through proxy alice -> proxy bob; link capped at"
+                  f" {args.bwlimit}/s, alice's memlimit {args.memlimit}", flush=True)
+            reports = _replicate(ports, size, WireProtocol[args.protocol], alice, bob)
+            stats = alice.stats()
+        finally:
+            for site in sites:
+                site.stop()
+    print(_summary(reports, stats, args.bwlimit))
+    ok = len(reports) == 2 and all(r["verified"] for r in reports)
     print("drbd-proxy-demo: end-to-end verification", "PASSED" if ok else "FAILED")
     sys.exit(0 if ok else 1)
 

@@ -112,6 +112,26 @@ class ChunkEncoder:
         return deferToThreadPool(self._reactor, self._pool, _encode, codec, data)
 
 
+class TokenBucket:
+    """A byte rate with a small burst: ``delay(n)`` is 0 when n bytes may go now (and takes them)."""
+
+    def __init__(self, clock: Any, rate: float, burst: int = 256 << 10) -> None:
+        self._clock = clock
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._stamp = clock.seconds()
+
+    def delay(self, n: int) -> float:
+        now = self._clock.seconds()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens >= min(n, self.burst):
+            self._tokens -= n  # may go negative for a frame larger than the burst: paid later
+            return 0.0
+        return (min(n, self.burst) - self._tokens) / self.rate
+
+
 class _Entry:
     __slots__ = ("chunks", "cost", "ready")
 
@@ -138,7 +158,21 @@ class FrameWriter:
         self._queue: deque[_Entry] = deque()
         self._paused = False
         self._closed = False
+        self._limiter: TokenBucket | None = None
+        self._clock: Any = None
+        self._wakeup: Any = None
         transport.registerProducer(self, True)
+
+    def limitRate(self, clock: Any, rate: int) -> None:
+        """Cap what this link sends at ``rate`` bytes/s (0: no cap); applies from the next frame."""
+        if rate <= 0:
+            self._limiter = None
+        elif self._limiter is None:
+            self._limiter = TokenBucket(clock, rate)
+        else:
+            self._limiter.rate = rate
+        self._clock = clock
+        self._flush()
 
     @property
     def queued(self) -> int:
@@ -179,18 +213,30 @@ class FrameWriter:
     def _flush(self) -> None:
         queue = self._queue
         while queue and queue[0].ready and not self._paused and not self._closed:
-            entry = queue.popleft()
+            entry = queue[0]
             assert entry.chunks is not None
+            if self._limiter is not None:
+                wait = self._limiter.delay(sum(len(c) for c in entry.chunks))
+                if wait > 0:
+                    self._sleep(wait)
+                    return
+            queue.popleft()
             if len(entry.chunks) == 1:
                 self._transport.write(entry.chunks[0])
             else:
                 self._transport.writeSequence(entry.chunks)
             self._budget.sub(entry.cost)
 
+    def _sleep(self, wait: float) -> None:
+        if self._wakeup is None or not self._wakeup.active():
+            self._wakeup = self._clock.callLater(wait, self._flush)
+
     def close(self) -> None:
         """Drop everything queued (the link is gone); the budget is reset by the connection."""
         self._closed = True
         self._queue.clear()
+        if self._wakeup is not None and self._wakeup.active():
+            self._wakeup.cancel()
 
     # IPushProducer, driven by the link transport
     def pauseProducing(self) -> None:

@@ -5,10 +5,10 @@ import subprocess
 from helpers import tool
 
 
-def test_demo_replicates_and_verifies():
-    """drbd-proxy-demo (small size) exits 0, prints the summary and a PASSED verification."""
-    out = subprocess.run([tool("drbd-proxy-demo"), "--size", "16M"], capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
+def test_demo_replicates_through_the_proxy_pair_and_verifies():
+    """drbd-proxy-demo (smaller size) fills alice's buffer, drains it, exits 0 with PASSED."""
+    out = subprocess.run([tool("drbd-proxy-demo"), "--size", "64M", "--memlimit", "16M",
+                          "--bwlimit", "48M"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
     assert "end-to-end verification PASSED" in out.stdout
-    assert "verified" in out.stdout and "16.0M" in out.stdout
+    assert "buffered at alice" in out.stdout and "alice buffer peak" in out.stdout

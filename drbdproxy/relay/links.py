@@ -34,6 +34,8 @@ class LinkOwner(TypingProtocol):
     def linkActivity(self, link: LinkProtocol) -> None: ...
     def linkDown(self, link: LinkProtocol, reason: str) -> None: ...
     def linkBudget(self) -> Budget: ...
+    @property
+    def clock(self) -> Any: ...
 
 
 class LinkProtocol(protocol.Protocol):
@@ -54,6 +56,7 @@ class LinkProtocol(protocol.Protocol):
         self.reading: PauseReasons | None = None
         self._decoder = LinkDecoder(side)
         self._down_reason: str | None = None
+        self._handshake_timer: Any = None
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -61,8 +64,15 @@ class LinkProtocol(protocol.Protocol):
         role = self.role.name.lower() if self.role else "?"
         return f"<link {role} {self.side.name.lower()}>"
 
+    #: Seconds a new link may take to complete its handshake before it is dropped.
+    handshake_timeout = 10.0
+
     def connectionMade(self) -> None:
         self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        self._handshake_timer = self.owner.clock.callLater(
+            self.handshake_timeout, self.fail, "no handshake within"
+            f" {self.handshake_timeout:.0f} s"
+        )
         self.writer = FrameWriter(self.transport, self.owner.linkBudget(), self._writeFailed)
         self.reading = PauseReasons(self.transport)
         if isinstance(self.handshake, ClientHandshake):
@@ -99,6 +109,8 @@ class LinkProtocol(protocol.Protocol):
             return
         self.accepted = outcome
         self.role = outcome.role
+        if self._handshake_timer.active():
+            self._handshake_timer.cancel()
         self.owner.linkUp(self, outcome)
 
     def fail(self, reason: str, last_words: bytes | None = None) -> None:
@@ -118,6 +130,8 @@ class LinkProtocol(protocol.Protocol):
         self.fail(f"internal error: {failure.getErrorMessage()}")
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
         if self.writer is not None:
             self.writer.close()
         self.owner.linkDown(self, self._down_reason or reason.getErrorMessage())

@@ -1,0 +1,420 @@
+#!/usr/bin/env python3
+"""Goodput benchmark for SPEC section 5, targets P1 and P2.
+
+Runs drbd-sim (protocol A, 64 KiB writes) as the load over four paths, all measured in the same
+run on loopback:
+
+1. ``direct``     -- primary and secondary connect to each other;
+2. ``socat x2``   -- two ``socat -b 131072`` hops per direction of TCP connects;
+3. ``proxy off``  -- a drbd-proxy pair (alice, bob), compression off, random (incompressible) data;
+4. ``proxy lz4``  -- the same pair with ``set compression NAME on`` (lz4), disk-like data;
+
+plus the single-thread ``lz4.block`` compress speed on the same disk-like data, in this process.
+P1 = proxy off / socat x2, P2 = proxy lz4 / lz4 codec speed (medians). Goodput is what the
+secondary reports (``mb_per_s`` = bytes / duration, MB = 10^6 bytes). Runs are interleaved
+round-robin over the setups, each run with fresh relays or daemons, so slow drift of this noisy
+VM spreads over all setups instead of biasing one.
+
+    .venv/bin/python bench/throughput.py [--size 256M] [--runs 3] [--out docs/benchmarks.md]
+
+The markdown section between ``<!-- throughput:begin -->`` and ``<!-- throughput:end -->`` of
+``--out`` is replaced (the file is created if missing); the table is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import lz4
+import lz4.block
+
+from drbdproxy.sim.workload import Workload
+from drbdproxy.units import parse_size
+
+BIN = Path(sys.executable).parent
+IP = "127.0.0.1"
+BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
+HEADER = ("# Benchmarks\n\nWritten by the scripts in `bench/`; each owns the section between its "
+          "`<!-- NAME:begin -->` and `<!-- NAME:end -->` markers.\n\n")
+CHUNK = 64 << 10
+TARGETS = {"P1": (0.7, 1.0), "P2": (0.5, 1.0)}  # (target, goal), SPEC section 5
+
+
+@dataclass
+class Run:
+    """One sim run: the secondary's goodput, or why it failed."""
+    ok: bool
+    mb_per_s: float = 0.0
+    duration_s: float = 0.0
+    error: str = ""
+    wire_ratio: float | None = None  # raw / wire bytes alice sent (proxy setups only)
+
+
+@dataclass
+class Endpoints:
+    """Where each sim listens and which address it connects to (its --peer)."""
+    a_drbd: int
+    b_drbd: int
+    a_peer: int
+    b_peer: int
+    wire_ratio: Callable[[], float | None] = lambda: None
+
+
+@dataclass
+class Result:
+    name: str
+    workload: str
+    runs: list[Run] = field(default_factory=list)
+
+    def goodputs(self) -> list[float]:
+        return [r.mb_per_s for r in self.runs if r.ok]
+
+
+class Processes:
+    """Every child this script starts, each in its own process group so that socat's forked
+    children are stopped with it; ``stop_all`` runs on success, failure and Ctrl-C alike."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.live: list[subprocess.Popen] = []
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        """Start argv with stdout to ``LOGDIR/NAME.out`` and stderr to ``NAME.err``."""
+        with open(self.logdir / f"{name}.out", "wb") as out, \
+                open(self.logdir / f"{name}.err", "wb") as err:
+            proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, cwd=self.logdir)
+        self.live.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen, grace: float = 10.0) -> None:
+        """SIGTERM the process group, SIGKILL it after ``grace`` seconds."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(grace)
+        with contextlib.suppress(ProcessLookupError):  # forked socat children, if any remain
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc in self.live:
+            self.live.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in list(reversed(self.live)):
+            self.stop(proc, grace=3.0)
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct loopback ports that were free a moment ago."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((IP, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def listening_ports() -> set[int]:
+    """Local ports in TCP LISTEN state, from /proc/net/tcp (no probe connection needed)."""
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return {int(r[1].rsplit(":", 1)[1], 16) for r in rows if r[3] == "0A"}
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll predicate until true; RuntimeError after timeout."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def ctl(sock: Path, *commands: str) -> subprocess.CompletedProcess[str]:
+    """Run drbd-proxy-ctl with each command as one -c argument."""
+    argv = [str(BIN / "drbd-proxy-ctl"), "-s", str(sock)]
+    for c in commands:
+        argv += ["-c", c]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+
+# --- the setups: each yields the Endpoints for one sim run and stops what it started ---------
+
+@contextlib.contextmanager
+def direct(procs: Processes, compression: bool) -> Iterator[Endpoints]:
+    a, b = free_ports(2)
+    yield Endpoints(a, b, a_peer=b, b_peer=a)
+
+
+@contextlib.contextmanager
+def socat_hops(procs: Processes, compression: bool) -> Iterator[Endpoints]:
+    """Two chains: A's peer s1 -> s2 -> B's listen, and B's peer s3 -> s4 -> A's listen."""
+    a, b, s1, s2, s3, s4 = free_ports(6)
+    started = []
+    try:
+        for name, port, target in (("socat1", s1, s2), ("socat2", s2, b),
+                                   ("socat3", s3, s4), ("socat4", s4, a)):
+            started.append(procs.start(name, [
+                "socat", "-b", "131072", f"TCP-LISTEN:{port},reuseaddr,fork,bind={IP}",
+                f"TCP:{IP}:{target}"]))
+        wait_for(lambda: {s1, s2, s3, s4} <= listening_ports(), "socat to listen")
+        yield Endpoints(a, b, a_peer=s1, b_peer=s3)
+    finally:
+        for proc in started:
+            procs.stop(proc)
+
+
+@contextlib.contextmanager
+def proxy_pair(procs: Processes, compression: bool) -> Iterator[Endpoints]:
+    """Daemons alice (primary side) and bob (secondary side), linked on loopback."""
+    a_drbd, a_in, a_out, b_drbd, b_in, b_out = free_ports(6)
+    sides = {"alice": ("r0-bob-alice", (a_in, b_out, a_out, a_drbd)),
+             "bob": ("r0-alice-bob", (b_in, a_out, b_out, b_drbd))}
+    started: list[tuple[subprocess.Popen, Path]] = []
+    try:
+        for side, (name, ports) in sides.items():
+            sock = procs.logdir / f"{side}.ctl"
+            proc = procs.start(side, [str(BIN / "twistd"), "-n", "--pidfile=",
+                                      f"--logfile={procs.logdir / (side + '.log')}",
+                                      "drbd-proxy", "--control", f"unix:{sock}"])
+            started.append((proc, sock))
+            wait_for(lambda: proc.poll() is not None or ctl(sock, "list connections").returncode == 0,
+                     f"{side}'s control socket")
+            if proc.poll() is not None:
+                raise RuntimeError(f"{side} daemon exited with status {proc.returncode}")
+            add = f"add connection {name} " + " ".join(f"{IP}:{p}" for p in ports)
+            out = ctl(sock, add, f"set compression {name} {'on' if compression else 'off'}")
+            if out.returncode != 0:
+                raise RuntimeError(f"{side}: drbd-proxy-ctl failed: {out.stderr.strip()}")
+        for _, sock in started:
+            wait_for(lambda: "ProxyConnected" in ctl(sock, "list connections").stdout,
+                     "the proxies to link up")
+
+        def wire_ratio() -> float | None:
+            out = ctl(started[0][1], "print statistics").stdout
+            stats = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+            raw = int(stats.get("r0-bob-alice.data.to_peer.bytes", 0))
+            wire = int(stats.get("r0-bob-alice.data.to_peer.wire_bytes", 0))
+            return raw / wire if wire else None
+
+        yield Endpoints(a_drbd, b_drbd, a_peer=a_in, b_peer=b_in, wire_ratio=wire_ratio)
+    finally:
+        for proc, sock in started:
+            with contextlib.suppress(Exception):
+                ctl(sock, "shutdown")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+            procs.stop(proc)
+
+
+SETUPS = [  # name, workload, setup, compression
+    ("direct", "random", direct, False),
+    ("socat x2", "random", socat_hops, False),
+    ("proxy off", "random", proxy_pair, False),
+    ("proxy lz4", "disk", proxy_pair, True),
+]
+
+
+def run_sims(procs: Processes, ends: Endpoints, workload: str, size: int) -> Run:
+    """One replication of ``size`` bytes; the secondary's report decides goodput."""
+    common = ["--protocol", "A", "--block-size", "64k", "--ping-timeout", "30"]
+    sim = str(BIN / "drbd-sim")
+    secondary = procs.start("secondary", [sim, "--role", "secondary", "--listen",
+                                          f"{IP}:{ends.b_drbd}", "--peer", f"{IP}:{ends.b_peer}",
+                                          *common])
+    primary = procs.start("primary", [sim, "--role", "primary", "--listen", f"{IP}:{ends.a_drbd}",
+                                      "--peer", f"{IP}:{ends.a_peer}", "--size", str(size),
+                                      "--workload", workload, *common])
+    deadline = time.monotonic() + 90 + size / 5e6
+    try:
+        for proc in (primary, secondary):
+            proc.wait(max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        return Run(False, error="timed out; " + tail(procs.logdir / "secondary.err"))
+    finally:
+        procs.stop(primary)
+        procs.stop(secondary)
+    reports = {}
+    for role in ("primary", "secondary"):
+        try:
+            reports[role] = json.loads((procs.logdir / f"{role}.out").read_text())
+        except ValueError:
+            return Run(False, error=f"{role}: no report; " + tail(procs.logdir / f"{role}.err"))
+    s, p = reports["secondary"], reports["primary"]
+    ok = (primary.returncode == secondary.returncode == 0 and s["verified"] and p["verified"]
+          and s["bytes"] == size)
+    error = "" if ok else (s.get("error") or p.get("error")
+                           or f"exit {primary.returncode}/{secondary.returncode}, {s['bytes']} bytes")
+    return Run(ok, s["mb_per_s"], s["duration_s"], error or "", ends.wire_ratio())
+
+
+def tail(path: Path, lines: int = 3) -> str:
+    with contextlib.suppress(OSError):
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    return ""
+
+
+def lz4_speed(runs: int, total: int = 64 << 20) -> tuple[list[float], float]:
+    """Single-thread lz4.block fast compress speed (MB/s of input) per pass over ``total`` bytes
+    of disk-like 64 KiB blocks, after one warm-up pass; and the compression ratio."""
+    wl = Workload("disk")
+    chunks = [wl.block(i, i * 128, CHUNK) for i in range(total // CHUNK)]
+    compress = lz4.block.compress
+    out_bytes = sum(len(compress(c, mode="fast", acceleration=1, store_size=False)) for c in chunks)
+    speeds = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        for c in chunks:
+            compress(c, mode="fast", acceleration=1, store_size=False)
+        speeds.append(total / (time.perf_counter() - t0) / 1e6)
+    return speeds, total / out_bytes
+
+
+# --- report ----------------------------------------------------------------------------------
+
+def machine_facts() -> list[str]:
+    git = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                         text=True, cwd=Path(__file__).resolve().parent)
+    socat_v = subprocess.run(["socat", "-V"], capture_output=True, text=True).stdout.splitlines()
+    import twisted
+    return [
+        f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC",
+        f"command: `{shlex.join(sys.orig_argv)}`",
+        f"nproc: {os.cpu_count()} (usable {len(os.sched_getaffinity(0))}); "
+        f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        f"kernel: {platform.release()}; python: {platform.python_version()}; "
+        f"twisted {twisted.__version__}; lz4 {lz4.__version__}; "
+        f"{next((l for l in socat_v if 'version' in l), 'socat ?').split(' on ')[0]}",
+        f"tree: {git.stdout.strip() or 'unknown'}",
+    ]
+
+
+def fmt(values: list[float]) -> tuple[str, str]:
+    if not values:
+        return "—", "—"
+    return f"{statistics.median(values):.0f}", f"{min(values):.0f}–{max(values):.0f}"
+
+
+def render(results: list[Result], codec: tuple[list[float], float], args, facts: list[str]) -> str:
+    """The markdown section, markers included."""
+    rows = ["| setup | workload | verified runs | goodput median MB/s | min–max MB/s | "
+            "median duration s | note |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        med, rng = fmt(r.goodputs())
+        durations = [x.duration_s for x in r.runs if x.ok]
+        ratios = [x.wire_ratio for x in r.runs if x.ok and x.wire_ratio]
+        note = f"wire ratio {statistics.median(ratios):.2f}" if ratios else ""
+        dur = f"{statistics.median(durations):.2f}" if durations else "—"
+        ok = sum(x.ok for x in r.runs)
+        rows.append(f"| {r.name} | {r.workload} | {ok}/{len(r.runs)} | {med} | {rng} | {dur} | {note} |")
+    speeds, ratio = codec
+    med, rng = fmt(speeds)
+    rows.append(f"| lz4.block compress, 1 thread | disk | {len(speeds)} passes | {med} | {rng} | "
+                f"| ratio {ratio:.2f}, 64 MiB in 64 KiB blocks |")
+    by_name = {r.name: r.goodputs() for r in results}
+
+    def ratio_row(key: str, label: str, num: list[float], den: list[float]) -> str:
+        target, goal = TARGETS[key]
+        if not num or not den:
+            return f"| {key} | {label} | — | ≥ {target} | ≥ {goal} | no verified runs |"
+        value = statistics.median(num) / statistics.median(den)
+        verdict = "meets goal" if value >= goal else "meets target" if value >= target else "MISSES target"
+        return f"| {key} | {label} | {value:.2f} | ≥ {target} | ≥ {goal} | {verdict} |"
+
+    ratios = ["| # | ratio of medians | value | target | goal | result |", "|---|---|---|---|---|---|",
+              ratio_row("P1", "proxy off / socat x2", by_name["proxy off"], by_name["socat x2"]),
+              ratio_row("P2", "proxy lz4 / lz4.block compress", by_name["proxy lz4"], speeds)]
+    failures = [f"- {r.name} run {i + 1}: {x.error}" for r in results
+                for i, x in enumerate(r.runs) if not x.ok]
+    return "\n".join([
+        BEGIN, "## Throughput (P1, P2)", "",
+        f"drbd-sim primary → secondary, protocol A, 64 KiB writes, {args.size} per run, "
+        f"{args.runs} runs per setup interleaved round-robin, fresh relays/daemons per run. "
+        "Goodput = the secondary's bytes / duration, MB = 10⁶ bytes. `socat x2` = two "
+        "`socat -b 131072` hops per direction; `proxy` = a drbd-proxy pair on loopback.", "",
+        *rows, "", *ratios, "",
+        "Failed runs: " + ("none" if not failures else ""), *failures, "",
+        *(f"- {f}" for f in facts), END, ""])
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace our marked section in ``path``, append it, or create the file with a header."""
+    text = path.read_text() if path.exists() else HEADER
+    start, end = text.find(BEGIN), text.find(END)
+    if start != -1 and end > start:
+        text = text[:start] + section.rstrip("\n") + text[end + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section if text.strip() else section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="256M", help="bytes per run, k/M/G (default 256M)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per setup (default 3)")
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--keep-logs", action="store_true", help="keep the log directory")
+    args = parser.parse_args(argv)
+    size = parse_size(args.size)
+    if shutil.which("socat") is None:
+        parser.error("socat is not installed")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally below runs
+
+    facts = machine_facts()
+    print(f"lz4.block compress speed ({args.runs} passes over 64 MiB) ...", flush=True)
+    codec = lz4_speed(max(args.runs, 1))
+    results = [Result(name, workload) for name, workload, _, _ in SETUPS]
+    logroot = Path(tempfile.mkdtemp(prefix="drbdproxy-bench-"))
+    procs = Processes(logroot)
+    try:
+        for i in range(args.runs):
+            for result, (name, workload, setup, compression) in zip(results, SETUPS):
+                procs.logdir = logroot / f"run{i + 1}-{name.replace(' ', '-')}"
+                procs.logdir.mkdir()
+                try:
+                    with setup(procs, compression) as ends:
+                        run = run_sims(procs, ends, workload, size)
+                except RuntimeError as e:
+                    run = Run(False, error=f"setup failed: {e}")
+                result.runs.append(run)
+                status = f"{run.mb_per_s:8.1f} MB/s" if run.ok else f"FAILED: {run.error}"
+                print(f"run {i + 1}/{args.runs} {name:10} {workload:6} {status}", flush=True)
+    finally:
+        procs.stop_all()
+    section = render(results, codec, args, facts)
+    write_section(args.out, section)
+    print("\n" + section)
+    failed = any(not x.ok for r in results for x in r.runs)
+    if failed or args.keep_logs:
+        print(f"logs kept in {logroot}")
+    else:
+        shutil.rmtree(logroot, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
