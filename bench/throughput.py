@@ -330,7 +330,7 @@ def render(results: list[Result], codec: tuple[list[float], float], args, facts:
         rows.append(f"| {r.name} | {r.workload} | {ok}/{len(r.runs)} | {med} | {rng} | {dur} | {note} |")
     speeds, ratio = codec
     med, rng = fmt(speeds)
-    rows.append(f"| lz4.block compress, 1 thread | disk | {len(speeds)} passes | {med} | {rng} | "
+    rows.append(f"| lz4.block compress, 1 thread | disk | passes: {len(speeds)} | {med} | {rng} | "
                 f"| ratio {ratio:.2f}, 64 MiB in 64 KiB blocks |")
     by_name = {r.name: r.goodputs() for r in results}
 
@@ -403,6 +403,12 @@ def main(argv: list[str] | None = None) -> int:
                 result.runs.append(run)
                 status = f"{run.mb_per_s:8.1f} MB/s" if run.ok else f"FAILED: {run.error}"
                 print(f"run {i + 1}/{args.runs} {name:10} {workload:6} {status}", flush=True)
+    except (KeyboardInterrupt, SystemExit) as e:
+        procs.stop_all()
+        print(f"interrupted: nothing written; logs in {logroot}", file=sys.stderr)
+        if isinstance(e, SystemExit):
+            raise
+        return 130
     finally:
         procs.stop_all()
     section = render(results, codec, args, facts)

@@ -11,14 +11,15 @@ from __future__ import annotations
 import random
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
+from .logs import logger
 from .codecs import Codec, CodecId, PluginSpec, codec_for, compression_option
 from .control.commands import COMPRESSION_ON, ConnectionSpec
 from .link import (
@@ -97,7 +98,7 @@ def _addr_bytes(addr: tuple[str, int]) -> bytes:
 class ProxyConnection(Service):
     """A named child service of the registry: one DRBD connection through the proxy pair."""
 
-    _log = Logger()
+    _log = logger()
 
     def __init__(self, spec: ConnectionSpec, reactor: Any, encoder: ChunkEncoder) -> None:
         self.name = spec.name
@@ -127,6 +128,7 @@ class ProxyConnection(Service):
         self._codec: Codec | None = None
         #: Byte counters of DRBD sockets that have closed, per kind (data, meta, opaque).
         self.closed_totals: dict[str, dict[str, int]] = {}
+        self.closed_packets: Counter[tuple[str, str, str]] = Counter()
 
     # -- settings --------------------------------------------------------------------------------
     @property
@@ -229,6 +231,14 @@ class ProxyConnection(Service):
     @property
     def clock(self) -> Any:
         return self._reactor
+
+    def tuneLinkSocket(self, transport: Any) -> None:
+        """sndbuf-size and rcvbuf-size apply to each new link socket (so: on reconnect)."""
+        handle = transport.getHandle()
+        for option, level in (("sndbuf-size", socket.SO_SNDBUF), ("rcvbuf-size", socket.SO_RCVBUF)):
+            size = self.settings.options.get(option, 0)
+            if size > 0:
+                handle.setsockopt(socket.SOL_SOCKET, level, size)
 
     def linkBudget(self) -> Budget:
         return self.budget
@@ -350,8 +360,16 @@ class ProxyConnection(Service):
             _addCounters(result.setdefault(stream.name, {}), stream)
         return result
 
+    def packet_counts(self) -> Counter[tuple[str, str, str]]:
+        """DRBD packets per (socket kind, direction, packet name), over closed and live sockets."""
+        result = Counter(self.closed_packets)
+        for stream in self.streams.values():
+            _addPackets(result, stream)
+        return result
+
     def streamGone(self, stream: Stream) -> None:
         _addCounters(self.closed_totals.setdefault(stream.name, {}), stream)
+        _addPackets(self.closed_packets, stream)
         if self.streams.get((stream.link, stream.sid)) is stream:
             del self.streams[(stream.link, stream.sid)]
         if self.state == State.CONNECTED:
@@ -369,6 +387,7 @@ class ProxyConnection(Service):
         for stream in streams:
             stream.abort()
             _addCounters(self.closed_totals.setdefault(stream.name, {}), stream)
+            _addPackets(self.closed_packets, stream)
         for link in (self.control, self.bulk):
             if link is not None:
                 link.fail(reason)
@@ -395,3 +414,9 @@ _COUNTERS = ("to_peer", "to_peer_wire", "from_peer", "from_peer_wire")
 def _addCounters(into: dict[str, int], stream: Stream) -> None:
     for key in _COUNTERS:
         into[key] = into.get(key, 0) + getattr(stream, key)
+
+
+def _addPackets(into: Counter[tuple[str, str, str]], stream: Stream) -> None:
+    for direction, scanner in (("to_peer", stream.scan_to_peer), ("from_peer", stream.scan_from_peer)):
+        for name, count in scanner.counts.items():
+            into[(stream.name, direction, name)] += count

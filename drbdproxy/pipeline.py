@@ -16,10 +16,10 @@ from typing import Any, Callable, Iterable
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .logs import logger
 from .codecs import RAW_CODEC, Codec, encode_chunk
 from .link import encode_data_header
 
@@ -149,7 +149,7 @@ class FrameWriter:
     transport's buffer, so the transport never holds more than one frame beyond its own limit.
     """
 
-    _log = Logger()
+    _log = logger()
 
     def __init__(self, transport: Any, budget: Budget, on_error: Callable[[Failure], None]) -> None:
         self._transport = transport

@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
-
 import os
+from typing import Any, Iterable, Optional
 
 from twisted.application.service import MultiService
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger, LogLevel, LogLevelFilterPredicate
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from . import __version__
+from . import __version__, logs
 from .codecs import PluginError, parse_plugin
 from .connection import ProxyConnection
-from .pipeline import ChunkEncoder
 from .control.commands import ConnectionSpec
 from .control.interface import ControlError, IProxyControl
+from .logs import logger
+from .pipeline import ChunkEncoder
 from .units import format_address, format_size
 
-_LEVELS = {
-    "debug": LogLevel.debug,
-    "info": LogLevel.info,
-    "warn": LogLevel.warn,
-    "error": LogLevel.error,
-    "critical": LogLevel.critical,
-}
 
 
 def _ratio(raw: int, wire: int) -> str:
@@ -45,12 +37,11 @@ def drbd_size(n: int) -> str:
 class ConnectionRegistry(MultiService):
     """Every configured connection, by name; implements what drbd-proxy-ctl can ask for."""
 
-    _log = Logger()
+    _log = logger()
 
-    def __init__(self, reactor: Any, log_filter: LogLevelFilterPredicate | None = None) -> None:
+    def __init__(self, reactor: Any) -> None:
         super().__init__()
         self._reactor = reactor
-        self._log_filter = log_filter
         self._stopping = False
         # Compression workers: one per core, shared by every connection.
         self._pool = ThreadPool(minthreads=1, maxthreads=max(2, os.cpu_count() or 2),
@@ -138,9 +129,8 @@ class ConnectionRegistry(MultiService):
         return None
 
     def set_loglevel(self, level: str) -> Optional[Iterable[str]]:
-        if self._log_filter is None:
-            raise ControlError("this daemon was started without a log level filter")
-        self._log_filter.setLogLevelForNamespace("", _LEVELS[level])
+        logs.set_level(level)
+        self._log.warn("log level set to {loglevel}", loglevel=level)
         return None
 
     # -- read-side commands ----------------------------------------------------------------------
@@ -191,7 +181,13 @@ class ConnectionRegistry(MultiService):
                        f" ratio {_ratio(s.from_peer, s.from_peer_wire)})")
 
     def details(self) -> Iterable[str]:
-        return []
+        for c in self.connections_by_name:
+            for s in sorted(c.streams.values(), key=lambda s: (s.kind, s.sid)):
+                opaque = f" opaque: {s.opaque}" if s.opaque else ""
+                yield f"{c.name} {s.name} stream {s.sid} drbd {s.peer}{opaque}"
+                for label, scanner in (("to-peer", s.scan_to_peer), ("from-peer", s.scan_from_peer)):
+                    counts = " ".join(f"{n} {k}" for n, k in sorted(scanner.counts.items()))
+                    yield f"  {label:9} {counts or '-'}"
 
     def statistics(self) -> Iterable[str]:
         for c in self.connections_by_name:
@@ -208,6 +204,8 @@ class ConnectionRegistry(MultiService):
                 yield f"{prefix}.to_peer.wire_bytes {t['to_peer_wire']}"
                 yield f"{prefix}.from_peer.bytes {t['from_peer']}"
                 yield f"{prefix}.from_peer.wire_bytes {t['from_peer_wire']}"
+            for (kind, direction, name), count in sorted(c.packet_counts().items()):
+                yield f"{c.name}.{kind}.{direction}.packets.{name} {count}"
 
     def version(self) -> Iterable[str]:
         return [f"drbdproxy {__version__}"]

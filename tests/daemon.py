@@ -66,11 +66,12 @@ class ProxyPair:
     bob's likewise. Connection names follow drbdadm: r0-bob-alice at alice, r0-alice-bob at bob.
     """
 
-    def __init__(self, workdir: Path, *setup: str) -> None:
+    def __init__(self, workdir: Path, *setup: str, host: str = "127.0.0.1") -> None:
         from helpers import free_ports
 
+        self.host = host
         (self.alice_drbd, self.alice_in, self.alice_out,
-         self.bob_drbd, self.bob_in, self.bob_out) = free_ports(6)
+         self.bob_drbd, self.bob_in, self.bob_out) = free_ports(6, host)
         self.alice = Daemon(workdir, "alice")
         self.bob = Daemon(workdir, "bob")
         self.configure(self.alice, *setup)
@@ -80,7 +81,7 @@ class ProxyPair:
         return "r0-bob-alice" if daemon is self.alice else "r0-alice-bob"
 
     def configure(self, daemon: Daemon, *setup: str) -> None:
-        ip = "127.0.0.1"
+        ip = self.host  # IPv6 without brackets, as drbdadm sends it
         if daemon is self.alice:
             ports = (self.alice_in, self.bob_out, self.alice_out, self.alice_drbd)
         else:
@@ -107,7 +108,7 @@ class ProxyPair:
 
     def sim_args(self, *extra: str) -> tuple[list[str], list[str]]:
         """drbd-sim arguments: primary at alice, secondary at bob."""
-        ip = "127.0.0.1"
+        ip = f"[{self.host}]" if ":" in self.host else self.host
         common = ["--connect-timeout", "60", "--ping-timeout", "10", *extra]
         return (
             ["--role", "primary", "--listen", f"{ip}:{self.alice_drbd}",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon import Daemon
+from daemon import Daemon, wait_until
 from helpers import free_ports
 
 
@@ -92,3 +92,17 @@ def test_unreachable_daemon_is_exit_3(tmp_path):
     out = subprocess.run([tool("drbd-proxy-ctl"), "-s", str(tmp_path / "none.ctl"), "show"],
                          capture_output=True, text=True)
     assert out.returncode == 3 and "none.ctl" in out.stderr
+
+
+def test_set_loglevel_changes_what_the_daemon_logs(daemon):
+    """set loglevel debug makes debug events appear in the log; set loglevel error hides info."""
+    from helpers import free_ports
+
+    daemon.ctl("-c", "set loglevel error", check=True)
+    daemon.ctl("-c", add_args("quiet", free_ports(4)), check=True)
+    daemon.ctl("-c", "set loglevel debug", check=True)
+    daemon.ctl("-c", add_args("loud", free_ports(4)), check=True)
+    # The log is read by another thread: wait for the later event, then nothing earlier is missing.
+    wait_until(lambda: "connection loud added" in "".join(daemon.log), "the debug-level log line")
+    assert "connection quiet added" not in "".join(daemon.log)
+    assert daemon.ctl("-c", "set loglevel chatty").returncode == 1

@@ -56,3 +56,44 @@ def test_subconnections_show_both_drbd_sockets(pair, sims):
     assert pair.state(pair.alice) == "Connected"
     primary.kill()
     secondary.kill()
+
+
+def test_ipv6_end_to_end(tmp_path, sims):
+    """All addresses on ::1 (drbdadm's bracketless form): the pair links and replicates."""
+    pair = ProxyPair(tmp_path, "set compression {name} on", host="::1")
+    try:
+        pair.wait_linked()
+        primary_args, secondary_args = pair.sim_args("--size", "16M")
+        secondary = sims(*secondary_args)
+        primary = sims(*primary_args)
+        (prc, p), (src, s) = primary.report(), secondary.report()
+        assert (prc, src) == (0, 0), (p["error"], s["error"])
+        assert "::1" in pair.alice.ctl("show", check=True).stdout
+    finally:
+        pair.stop()
+
+
+def test_socket_buffer_options_apply_to_link_sockets():
+    """sndbuf-size and rcvbuf-size are set on each new link socket."""
+    import socket
+
+    from drbdproxy.connection import ProxyConnection
+    from drbdproxy.control.commands import ConnectionSpec
+
+    spec = ConnectionSpec("r0", ("127.0.0.1", 1), ("127.0.0.1", 2), ("127.0.0.1", 3),
+                          ("127.0.0.1", 4), {"sndbuf-size": 1 << 20, "rcvbuf-size": 512 << 10})
+    conn = ProxyConnection(spec, reactor=None, encoder=None)
+
+    class Transport:
+        def __init__(self) -> None:
+            self.sock = socket.socket()
+
+        def getHandle(self):
+            return self.sock
+
+    t = Transport()
+    conn.tuneLinkSocket(t)
+    # Linux doubles the value it is given, for its own bookkeeping.
+    assert t.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= 1 << 20
+    assert t.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 512 << 10
+    t.sock.close()

@@ -20,6 +20,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..logs import logger
 from .commands import Action, Command, CommandError, parse_command
 from .interface import ControlError, IProxyControl
 
@@ -67,7 +68,7 @@ class Reply:
 class ControlDispatcher:
     """Runs control lines against an :class:`IProxyControl`; every outcome becomes a :class:`Reply`."""
 
-    _log = Logger()
+    _log = logger()
 
     def __init__(self, control: IProxyControl) -> None:
         self._control = control
@@ -124,7 +125,7 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
     delimiter = b"\n"
     MAX_LENGTH = MAX_LINE
     factory: ControlFactory
-    _log = Logger()
+    _log = logger()
 
     def __init__(self) -> None:
         self._pauses: set[str] = set()

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet import protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..logs import logger
 from ..link import (
     Accepted,
     ClientHandshake,
@@ -34,6 +34,7 @@ class LinkOwner(TypingProtocol):
     def linkActivity(self, link: LinkProtocol) -> None: ...
     def linkDown(self, link: LinkProtocol, reason: str) -> None: ...
     def linkBudget(self) -> Budget: ...
+    def tuneLinkSocket(self, transport: Any) -> None: ...
     @property
     def clock(self) -> Any: ...
 
@@ -41,7 +42,7 @@ class LinkOwner(TypingProtocol):
 class LinkProtocol(protocol.Protocol):
     """One TCP link to the peer proxy, in the role its handshake names."""
 
-    _log = Logger()
+    _log = logger()
 
     def __init__(self, owner: LinkOwner, side: Side,
                  handshake: ClientHandshake | ServerHandshake) -> None:
@@ -69,6 +70,7 @@ class LinkProtocol(protocol.Protocol):
 
     def connectionMade(self) -> None:
         self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        self.owner.tuneLinkSocket(self.transport)
         self._handshake_timer = self.owner.clock.callLater(
             self.handshake_timeout, self.fail, "no handshake within"
             f" {self.handshake_timeout:.0f} s"

@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import protocol
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..logs import logger
 from ..codecs import RAW_CODEC, CodecError, decode_chunk
 from ..drbd.header import encode_h80
 from ..drbd.packets import Cmd
+from ..drbd.scanner import PacketScanner
 from ..link import Close, CloseReason, Data, ErrorCode, LinkProtocolError, StreamKind
 from ..pipeline import Encoded, chunks
 
@@ -60,7 +61,7 @@ class DrbdSocket(protocol.Protocol):
 class InsideAcceptor:
     """A socket DRBD opened to our inside address, until its first packet names its kind."""
 
-    _log = Logger()
+    _log = logger()
 
     def __init__(self, connection: ProxyConnection) -> None:
         self._connection = connection
@@ -119,7 +120,7 @@ class _WriteBackpressure:
 class Stream:
     """One DRBD socket relayed over one link stream, in both directions."""
 
-    _log = Logger()
+    _log = logger()
 
     def __init__(self, connection: ProxyConnection, link: LinkProtocol, sid: int,
                  kind: StreamKind, local_origin: bool) -> None:
@@ -138,6 +139,21 @@ class Stream:
         self.to_peer_wire = 0
         self.from_peer = 0
         self.from_peer_wire = 0
+        #: DRBD packets per type, in each direction (what this DRBD wrote, what it was sent).
+        self.scan_to_peer = PacketScanner()
+        self.scan_from_peer = PacketScanner()
+
+    @property
+    def opaque(self) -> str | None:
+        return self.scan_to_peer.opaque or self.scan_from_peer.opaque
+
+    def _scan(self, scanner: PacketScanner, data: bytes, direction: str) -> None:
+        if scanner.opaque is None:
+            scanner.feed(data)
+            if scanner.opaque is not None:
+                self._log.info("{name}: {kind} socket stream {sid} is not DRBD any more ({why});"
+                               " relaying it unparsed", name=self.connection.name, kind=self.name,
+                               sid=self.sid, why=f"{direction}: {scanner.opaque}")
 
     @property
     def name(self) -> str:
@@ -156,7 +172,8 @@ class Stream:
             return
         pending, self._pending = self._pending, []
         if pending:
-            sock.transport.writeSequence(pending)
+            for raw in pending:
+                self._deliver(raw)
             self._pending_bytes = 0
             self.link.reading.resume((self, "pending"))  # type: ignore[union-attr]
 
@@ -181,6 +198,7 @@ class Stream:
         writer = self.link.writer
         assert writer is not None
         self.to_peer += len(data)
+        self._scan(self.scan_to_peer, data, "to peer")
         codec = conn.codec if self.bulk else RAW_CODEC
         for piece in chunks(data, conn.max_chunk(self.link)):
             conn.budget.add(len(piece))
@@ -218,7 +236,12 @@ class Stream:
             if self._pending_bytes > _PENDING_LIMIT:
                 self.link.reading.pause((self, "pending"))  # type: ignore[union-attr]
             return
-        self.sock.transport.write(raw)
+        self._deliver(raw)
+
+    def _deliver(self, raw: bytes) -> None:
+        # Counted as it is handed to DRBD's socket, so the counts match what DRBD receives.
+        self._scan(self.scan_from_peer, raw, "from peer")
+        self.sock.transport.write(raw)  # type: ignore[union-attr]
 
     def remoteClosed(self, frame: Close) -> None:
         self._remote_closed = True
