@@ -47,6 +47,7 @@ from .link import (
 )
 from .pipeline import Budget, ChunkEncoder
 from .relay.links import LinkClientFactory, LinkProtocol, LinkServerFactory
+from .relay.sockets import connect_from, listen_shared
 from .relay.streams import DrbdConnectFactory, DrbdSocket, InsideFactory, Stream
 
 DEFAULT_MEMLIMIT = 16 << 20
@@ -163,11 +164,10 @@ class ProxyConnection(Service):
     def bind(self) -> None:
         """Listen on the inside and outside addresses; raises if either is unavailable."""
         try:
-            for (host, port), factory in (
-                (self.spec.listen_inside, InsideFactory(self)),
-                (self.spec.listen_outside, LinkServerFactory(self)),
-            ):
-                self._ports.append(self._reactor.listenTCP(port, factory, interface=host))
+            host, port = self.spec.listen_inside
+            self._ports.append(listen_shared(self._reactor, port, InsideFactory(self), host))
+            host, port = self.spec.listen_outside
+            self._ports.append(self._reactor.listenTCP(port, LinkServerFactory(self), interface=host))
         except Exception:
             self.unbind()
             raise
@@ -342,11 +342,16 @@ class ProxyConnection(Service):
         """The peer's DRBD opened a socket: open ours to the local DRBD, from the inside IP."""
         stream = Stream(self, link, frame.stream, frame.kind, local_origin=False)
         self.streams[(link, frame.stream)] = stream
+        self._connectDrbd(stream, self.spec.listen_inside)
+
+    def _connectDrbd(self, stream: Stream, source: tuple[str, int]) -> None:
+        # DRBD 9 matches an incoming peer by (IP, port), then by IP: connect from the inside
+        # address DRBD knows as its peer; if that exact pair is taken, from the inside IP.
         host, port = self.spec.connect_drbd
-        # DRBD 9 matches an incoming peer by IP: connect from the address DRBD knows as its peer.
-        source = (self.spec.listen_inside[0], 0)
-        self._reactor.connectTCP(host, port, DrbdConnectFactory(stream), timeout=10,
-                                 bindAddress=source)
+        retry = None
+        if source[1]:
+            retry = lambda: self._connectDrbd(stream, (source[0], 0))  # noqa: E731
+        connect_from(self._reactor, host, port, DrbdConnectFactory(stream, retry), source)
 
     def streamAttached(self, stream: Stream) -> None:
         kinds = {s.kind for s in self.streams.values() if s.sock is not None}

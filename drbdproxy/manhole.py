@@ -253,7 +253,7 @@ def _realm(namespace: Namespace) -> _ManholeRealm:
     def terminal() -> insults.ServerProtocol:
         return insults.ServerProtocol(manhole.ColoredManhole, session_namespace(namespace))
 
-    realm.chainedProtocolFactory = terminal
+    realm.chainedProtocolFactory = terminal  # type: ignore[assignment]
     return realm
 
 
@@ -263,8 +263,9 @@ def ssh_factory(authorized: Iterable[keys.Key], host_key: keys.Key,
     checker = _LoggingChecker(SSHPublicKeyChecker(_AuthorizedKeys(authorized)))
     factory = manhole_ssh.ConchFactory(portal.Portal(_realm(namespace), [checker]))
     # Instance attributes: ConchFactory's class-level dicts are shared by every instance.
-    factory.publicKeys = {b"ssh-ed25519": host_key.public()}
-    factory.privateKeys = {b"ssh-ed25519": host_key}
+    # (ConchFactory annotates publicKeys as bytes; conch uses Key objects since 15.0.)
+    factory.publicKeys = {b"ssh-ed25519": host_key.public()}  # type: ignore[dict-item]
+    factory.privateKeys = {b"ssh-ed25519": host_key}  # type: ignore[dict-item]
     return factory
 
 

@@ -7,9 +7,10 @@ in the connection's budget), and DATA frames from the peer are checked and writt
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet import protocol
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -262,15 +263,23 @@ class Stream:
 
 
 class DrbdConnectFactory(protocol.ClientFactory):
-    """Connects to the local DRBD for a stream the peer proxy opened."""
+    """Connects to the local DRBD for a stream the peer proxy opened.
 
-    def __init__(self, stream: Stream) -> None:
+    :param retry: what to try if this attempt fails for a reason other than a refusal (the
+        source address pair was taken); None: report the failure to the peer.
+    """
+
+    def __init__(self, stream: Stream, retry: Callable[[], None] | None = None) -> None:
         self.stream = stream
+        self.retry = retry
 
     def buildProtocol(self, addr: Any) -> DrbdSocket:
         return DrbdSocket(self.stream)
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if self.retry is not None and not reason.check(ConnectionRefusedError):
+            self.retry()
+            return
         self.stream.drbdConnectFailed(reason.getErrorMessage())
 
 
