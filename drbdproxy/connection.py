@@ -101,8 +101,10 @@ class ProxyConnection(Service):
 
     _log = logger()
 
-    def __init__(self, spec: ConnectionSpec, reactor: Any, encoder: ChunkEncoder) -> None:
+    def __init__(self, spec: ConnectionSpec, reactor: Any, encoder: ChunkEncoder,
+                 meta_first: bool = True) -> None:
         self.name = spec.name
+        self.meta_first = meta_first
         self.spec = spec
         self._reactor = reactor
         self.encoder = encoder
@@ -328,7 +330,8 @@ class ProxyConnection(Service):
 
     def openStream(self, kind: StreamKind, sock: DrbdSocket) -> Stream | None:
         """DRBD opened a socket to our inside address: announce it to the peer proxy."""
-        link = self.control if kind is StreamKind.META else self.bulk
+        meta = kind is StreamKind.META and self.meta_first
+        link = self.control if meta else self.bulk
         if link is None or link.writer is None:
             return None
         sid = self._ids[link].allocate()

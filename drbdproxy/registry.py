@@ -39,9 +39,10 @@ class ConnectionRegistry(MultiService):
 
     _log = logger()
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, meta_first: bool = True) -> None:
         super().__init__()
         self._reactor = reactor
+        self._meta_first = meta_first
         self._stopping = False
         # Compression workers: one per core, shared by every connection.
         self._pool = ThreadPool(minthreads=1, maxthreads=max(2, os.cpu_count() or 2),
@@ -73,7 +74,7 @@ class ConnectionRegistry(MultiService):
         if spec.name in self.namedServices:
             raise ControlError(f"connection {spec.name!r} already exists")
         try:
-            conn = ProxyConnection(spec, self._reactor, self._encoder)
+            conn = ProxyConnection(spec, self._reactor, self._encoder, self._meta_first)
         except PluginError as e:
             raise ControlError(str(e)) from None
         try:

@@ -22,6 +22,11 @@ class Options(usage.Options):
         "compresses it and relays it to a peer proxy over the WAN. Configure it with "
         "drbd-proxy-ctl (or drbdadm proxy-up, which runs drbd-proxy-ctl)."
     )
+    optFlags = [
+        ["meta-on-bulk", None,
+         "For comparison only: carry DRBD's meta sockets on the bulk link, behind buffered data"
+         " (by default they have their own link, so pings and acks never wait)."],
+    ]
     optParameters = [
         ["control", "c", DEFAULT_CONTROL,
          "Twisted server endpoint of the control socket (its directory is created)."],
@@ -47,7 +52,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
     top = MultiService()
-    registry = ConnectionRegistry(reactor)
+    registry = ConnectionRegistry(reactor, meta_first=not config["meta-on-bulk"])
     registry.setServiceParent(top)
     directory = _unix_socket_dir(config["control"])
     if directory:

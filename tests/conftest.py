@@ -11,8 +11,8 @@ from helpers import SimProcess
 def sims():
     started: list[SimProcess] = []
 
-    def start(*args: str) -> SimProcess:
-        proc = SimProcess(list(args))
+    def start(*args: str, prefix: tuple[str, ...] = ()) -> SimProcess:
+        proc = SimProcess(list(args), prefix)
         started.append(proc)
         return proc
 

@@ -12,12 +12,13 @@ from helpers import tool
 class Daemon:
     """A twistd drbd-proxy process with a control socket in a temporary directory."""
 
-    def __init__(self, workdir: Path, name: str = "proxy", *extra: str) -> None:
+    def __init__(self, workdir: Path, name: str = "proxy", *extra: str,
+                 prefix: tuple[str, ...] = ()) -> None:
         self.socket = workdir / f"{name}.ctl"
         self.log: list[str] = []
         self._ready = threading.Event()
         self.proc = subprocess.Popen(
-            [tool("twistd"), "-n", "--pidfile=", "--logfile=-", "drbd-proxy",
+            [*prefix, tool("twistd"), "-n", "--pidfile=", "--logfile=-", "drbd-proxy",
              "--control", f"unix:{self.socket}", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=workdir,
         )

@@ -45,12 +45,12 @@ def have(program: str) -> bool:
 class SimProcess:
     """A drbd-sim subprocess whose stderr lines can be awaited and whose report can be read."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], prefix: tuple[str, ...] = ()) -> None:
         self.args = args
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.stderr: list[str] = []
         self.proc = subprocess.Popen(
-            [tool("drbd-sim"), *args],
+            [*prefix, tool("drbd-sim"), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

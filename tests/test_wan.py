@@ -1,0 +1,57 @@
+"""Through a shaped WAN (namespaces, veth, tbf): replication verifies with the buffer full."""
+
+from __future__ import annotations
+
+import pytest
+
+from daemon import Daemon, wait_until
+from netns import A_IP, B_IP, Wan, needs_wan
+
+pytestmark = needs_wan
+PORTS = dict(drbd=7789, inside=7788, outside=7790)
+
+
+def start_site(wan_exec, tmp_path, name, own_ip, peer_ip, *extra):
+    d = Daemon(tmp_path, name, *extra, prefix=wan_exec)
+    p = PORTS
+    conn = "r0-bob-alice" if name == "alice" else "r0-alice-bob"
+    d.ctl("-c", f"add connection {conn} 127.0.0.1:{p['inside']} {peer_ip}:{p['outside']}"
+                f" {own_ip}:{p['outside']} 127.0.0.1:{p['drbd']}",
+          "-c", f"set compression {conn} on", check=True)
+    return d
+
+
+@pytest.fixture
+def wan():
+    w = Wan(rate="100mbit", latency="50ms")
+    yield w
+    w.close()
+
+
+def test_replication_over_a_shaped_link_with_the_buffer_full(wan, tmp_path, sims):
+    """A 100 Mbit/s link, a primary writing far faster: alice's buffer fills, pings keep
+    flowing, and everything arrives verified."""
+    alice = start_site(wan.exec_a, tmp_path, "alice", A_IP, B_IP)
+    bob = start_site(wan.exec_b, tmp_path, "bob", B_IP, A_IP)
+    try:
+        for d in (alice, bob):
+            wait_until(lambda d=d: "ProxyConnected" in d.ctl("list", "connections").stdout,
+                       "the proxies to link over the WAN")
+        common = ["--connect-timeout", "60", "--ping-timeout", "10", "--ping-int", "0.2",
+                  "--protocol", "A", "--size", "64M"]
+        addr = f"127.0.0.1:{PORTS['drbd']}"
+        inside = f"127.0.0.1:{PORTS['inside']}"
+        secondary = sims("--role", "secondary", "--listen", addr, "--peer", inside, *common,
+                         prefix=wan.exec_b)
+        primary = sims("--role", "primary", "--listen", addr, "--peer", inside, *common,
+                       prefix=wan.exec_a)
+        (prc, p), (src, s) = primary.report(), secondary.report()
+        assert (prc, src) == (0, 0), (p["error"], s["error"])
+        assert s["verified"] and s["bytes"] == 64 << 20
+        assert p["pings"] > 0 and p["ping_rtt_ms"]["max"] is not None
+        stats = dict(line.split(" ", 1) for line in
+                     alice.ctl("print", "statistics", check=True).stdout.splitlines())
+        assert int(stats["r0-bob-alice.buffered_peak"]) >= 8 << 20  # the buffer did fill
+    finally:
+        alice.stop()
+        bob.stop()
