@@ -45,7 +45,7 @@ from .link import (
     StreamKind,
     new_session,
 )
-from .pipeline import Budget, ChunkEncoder
+from .pipeline import Budget, ChunkEncoder, DrainRate
 from .relay.links import LinkClientFactory, LinkProtocol, LinkServerFactory
 from .relay.sockets import connect_from, listen_shared
 from .relay.streams import DrbdConnectFactory, DrbdSocket, InsideFactory, Stream
@@ -112,6 +112,7 @@ class ProxyConnection(Service):
         for option, value in spec.options.items():
             self.settings.apply(option, value)
         self.budget = Budget(self.settings.memlimit)
+        self.drain = DrainRate()
         self.state = State.CONNECTING
         self.reconnects = 0
         self.link_rtt_ms: float | None = None
@@ -323,6 +324,9 @@ class ProxyConnection(Service):
             return
         self._ping_token += 1
         control.writer.writeNow(Ping(self._ping_token, time.monotonic_ns()).encode())
+        if self.bulk is not None and self.bulk.writer is not None:
+            busy = self.bulk.writer.queued > 0
+            self.drain.sample(now, self.bulk.writer.sent, busy)
 
     # -- streams ---------------------------------------------------------------------------------
     def acceptsDrbd(self) -> bool:
@@ -367,6 +371,10 @@ class ProxyConnection(Service):
         for stream in self.streams.values():
             _addCounters(result.setdefault(stream.name, {}), stream)
         return result
+
+    def out_of_sync(self) -> int:
+        """P_OUT_OF_SYNC sent by this site's DRBD: it pulled ahead (congestion) and will resync."""
+        return self.packet_counts()[("data", "to_peer", "P_OUT_OF_SYNC")]
 
     def packet_counts(self) -> Counter[tuple[str, str, str]]:
         """DRBD packets per (socket kind, direction, packet name), over closed and live sockets."""

@@ -4,21 +4,20 @@ A custom collector (no global mutable gauges): every scrape walks
 ``registry.connections_by_name`` on the reactor thread, so values are always those of that moment
 and a removed connection simply disappears. Metrics, all labelled ``connection``:
 
-=====================================================  =======  =========================================
-``drbdproxy_connection_state{state}``                  gauge    1 for the current state, 0 for the others
-``drbdproxy_buffered_bytes``                           gauge    DRBD data buffered now
-``drbdproxy_memlimit_bytes``                           gauge    the connection's memlimit
-``drbdproxy_buffered_peak_bytes``                      gauge    highest buffered since the connection was added
-``drbdproxy_drbd_reads_paused``                        gauge    1 while DRBD reads are paused at memlimit
-``drbdproxy_drbd_read_pauses_total``                   counter  times DRBD reads were paused
-``drbdproxy_drbd_sockets``                             gauge    live DRBD sockets relayed
-``drbdproxy_reconnects_total``                         counter  proxy-to-proxy link re-establishments
-``drbdproxy_link_rtt_seconds``                         gauge    last heartbeat round trip (absent before one)
-``drbdproxy_bytes_total{socket,direction}``            counter  DRBD bytes (uncompressed)
-``drbdproxy_wire_bytes_total{socket,direction}``       counter  the same bytes on the proxy-to-proxy link
-``drbdproxy_compression_ratio{socket,direction}``      gauge    bytes / wire bytes (absent while no wire bytes)
-``drbdproxy_packets_total{socket,direction,type}``     counter  DRBD packets per type, when the connection counts them
-=====================================================  =======  =========================================
+- ``drbdproxy_connection_state{state}`` gauge: 1 for the current state, 0 for the others
+- ``drbdproxy_buffered_bytes`` gauge: DRBD data buffered now
+- ``drbdproxy_memlimit_bytes`` gauge: the connection's memlimit
+- ``drbdproxy_buffered_peak_bytes`` gauge: highest buffered since the connection was added
+- ``drbdproxy_drbd_reads_paused`` gauge: 1 while DRBD reads are paused at memlimit
+- ``drbdproxy_drbd_read_pauses_total`` counter: times DRBD reads were paused
+- ``drbdproxy_drbd_sockets`` gauge: live DRBD sockets relayed
+- ``drbdproxy_reconnects_total`` counter: proxy-to-proxy link re-establishments
+- ``drbdproxy_link_rtt_seconds`` gauge: last heartbeat round trip (absent before the first)
+- ``drbdproxy_bytes_total{socket,direction}`` counter: DRBD bytes, uncompressed
+- ``drbdproxy_wire_bytes_total{socket,direction}`` counter: the same on the proxy-to-proxy link
+- ``drbdproxy_compression_ratio{socket,direction}`` gauge: bytes / wire bytes (absent at 0 wire)
+- ``drbdproxy_packets_total{socket,direction,type}`` counter: DRBD packets per type, for
+  connections that have ``packet_counts()``
 
 ``socket`` is the DRBD socket kind (``data``, ``meta``, ``opaque``), ``direction`` ``to_peer`` or
 ``from_peer``. Counters restart from 0 when a connection is deleted and added again, which
@@ -205,6 +204,23 @@ def endpoint_description(endpoint: str) -> str:
     return endpoint
 
 
+def check_endpoint(endpoint: str, reactor: Any = None) -> str:
+    """The endpoint description, after checking that it parses (it does not listen).
+
+    :raises MetricsError: an empty or unparsable endpoint string.
+    """
+    if reactor is None:
+        from twisted.internet import reactor  # type: ignore[no-redef]
+    description = endpoint_description(endpoint)
+    if not description:
+        raise MetricsError(f"metrics endpoint is empty (e.g. {DEFAULT_ENDPOINT})")
+    try:
+        endpoints.serverFromString(reactor, description)
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        raise MetricsError(f"bad metrics endpoint {endpoint!r}: {e}") from None
+    return description
+
+
 def metrics_service(endpoint: str, registry: Any, reactor: Any = None) -> IService:
     """An HTTP service on ``endpoint`` serving ``/metrics`` for ``registry``.
 
@@ -214,13 +230,7 @@ def metrics_service(endpoint: str, registry: Any, reactor: Any = None) -> IServi
     """
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
-    description = endpoint_description(endpoint)
-    try:
-        if not description:
-            raise ValueError("empty")
-        endpoints.serverFromString(reactor, description)
-    except (ValueError, TypeError, KeyError, IndexError) as e:
-        raise MetricsError(f"bad metrics endpoint {endpoint!r}: {e}") from None
+    description = check_endpoint(endpoint, reactor)
     site = _QuietSite(metrics_resource(registry))
     site.description = description
     return strports.service(description, site, reactor=reactor)

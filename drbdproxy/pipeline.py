@@ -112,6 +112,30 @@ class ChunkEncoder:
         return deferToThreadPool(self._reactor, self._pool, _encode, codec, data)
 
 
+class DrainRate:
+    """The link's measured drain rate: an average over intervals in which data was waiting."""
+
+    def __init__(self, weight: float = 0.3) -> None:
+        self.rate: float | None = None
+        self._weight = weight
+        self._last: tuple[float, int] | None = None
+
+    def sample(self, now: float, sent: int, busy: bool) -> None:
+        """Record the writer's byte count; intervals with nothing queued say nothing of the link."""
+        if self._last is not None and busy:
+            then, before = self._last
+            if now > then:
+                observed = (sent - before) / (now - then)
+                self.rate = observed if self.rate is None else (
+                    self._weight * observed + (1 - self._weight) * self.rate)
+        self._last = (now, sent)
+
+    def drain_seconds(self, buffered: int) -> float | None:
+        if not buffered:
+            return 0.0
+        return buffered / self.rate if self.rate else None
+
+
 class TokenBucket:
     """A byte rate with a small burst: ``delay(n)`` is 0 when n bytes may go now (and takes them)."""
 
@@ -159,6 +183,8 @@ class FrameWriter:
         self._paused = False
         self._closed = False
         self._limiter: TokenBucket | None = None
+        #: Bytes handed to the link's transport so far.
+        self.sent = 0
         self._clock: Any = None
         self._wakeup: Any = None
         transport.registerProducer(self, True)
@@ -223,8 +249,10 @@ class FrameWriter:
             queue.popleft()
             if len(entry.chunks) == 1:
                 self._transport.write(entry.chunks[0])
+                self.sent += len(entry.chunks[0])
             else:
                 self._transport.writeSequence(entry.chunks)
+                self.sent += sum(len(c) for c in entry.chunks)
             self._budget.sub(entry.cost)
 
     def _sleep(self, wait: float) -> None:

@@ -21,6 +21,10 @@ from .units import format_address, format_size
 
 
 
+#: DRBD's defaults: ko-count 7 x timeout 6 s. A peer slower than this to ack is declared dead.
+KO_SECONDS = 42
+
+
 def _ratio(raw: int, wire: int) -> str:
     return f"{raw / wire:.2f}" if wire else "-"
 
@@ -73,6 +77,14 @@ class ConnectionRegistry(MultiService):
     def add_connection(self, spec: ConnectionSpec) -> Optional[Iterable[str]]:
         if spec.name in self.namedServices:
             raise ControlError(f"connection {spec.name!r} already exists")
+        # The inside port is shared with our own connects to DRBD (SO_REUSEPORT), so the kernel
+        # would let two connections listen on it: refuse that here.
+        for other in self.connections_by_name:
+            taken = {other.spec.listen_inside, other.spec.listen_outside}
+            for addr in (spec.listen_inside, spec.listen_outside):
+                if addr in taken:
+                    raise ControlError(f"cannot listen on {format_address(*addr)}:"
+                                       f" address already in use by connection {other.name}")
         try:
             conn = ProxyConnection(spec, self._reactor, self._encoder, self._meta_first)
         except PluginError as e:
@@ -163,8 +175,19 @@ class ConnectionRegistry(MultiService):
         for c in self.connections_by_name:
             b = c.budget
             reads = "paused" if b.paused else "running"
+            drain = c.drain.drain_seconds(b.used)
+            drain_text = f"{drain:.1f}s" if drain is not None else "unknown"
+            # LINBIT's advice: DRBD's congestion-fill at 90 % of the proxy's buffer.
             yield (f"{c.name}: buffered {size(b.used)} memlimit {size(b.limit)}"
-                   f" peak {size(b.peak)} drbd-reads {reads}")
+                   f" peak {size(b.peak)} drbd-reads {reads} drain-time {drain_text}"
+                   f" congestion-fill {size(b.limit * 9 // 10)}")
+            if drain is not None and drain > KO_SECONDS:
+                yield (f"{c.name}: warning: draining the buffer takes {drain:.0f}s, more than"
+                       f" DRBD's default ko-count x timeout ({KO_SECONDS}s): DRBD may drop"
+                       " the connection; lower memlimit or use on-congestion pull-ahead")
+            if c.out_of_sync():
+                yield (f"{c.name}: DRBD pulled ahead: {c.out_of_sync()} P_OUT_OF_SYNC sent"
+                       " (Ahead/Behind); a resync follows when the buffer drains")
 
     def connections(self, human: bool) -> Iterable[str]:
         for c in self.connections_by_name:
@@ -198,6 +221,11 @@ class ConnectionRegistry(MultiService):
             yield f"{c.name}.buffered_peak {c.budget.peak}"
             rtt = f"{c.link_rtt_ms:.3f}" if c.link_rtt_ms is not None else "-"
             yield f"{c.name}.link_rtt_ms {rtt}"
+            rate = f"{c.drain.rate:.0f}" if c.drain.rate is not None else "-"
+            yield f"{c.name}.link_rate_bytes_per_s {rate}"
+            drain = c.drain.drain_seconds(c.budget.used)
+            yield f"{c.name}.drain_seconds {drain:.3f}" if drain is not None else f"{c.name}.drain_seconds -"
+            yield f"{c.name}.out_of_sync {c.out_of_sync()}"
             yield f"{c.name}.reconnects {c.reconnects}"
             for kind, t in sorted(c.totals().items()):
                 prefix = f"{c.name}.{kind}"

@@ -71,8 +71,9 @@ class Pair:
                                           serialization.PrivateFormat.OpenSSH,
                                           serialization.NoEncryption()))
         self.key = keys.Key(private)
-        self.public_line = private.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b" " + name.encode()
+        public = private.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                   serialization.PublicFormat.OpenSSH)
+        self.public_line = public + b" " + name.encode()
 
 
 def authorized(directory: Path, *pairs: Pair) -> str:

@@ -77,7 +77,7 @@ def sample(collectors: Any, name: str, **labels: str) -> float | None:
 
 
 def test_connection_gauges() -> None:
-    """State, buffer, memlimit, peak, paused, sockets, reconnects and RTT come from the connection."""
+    """Buffer, memlimit, peak, paused, sockets, reconnects, RTT and state mirror the connection."""
     reg = collector_registry(FakeRegistry(connected()))
     assert sample(reg, "drbdproxy_connection_state", connection="r0", state="Connected") == 1
     assert sample(reg, "drbdproxy_connection_state", connection="r0", state="Connecting") == 0

@@ -158,3 +158,17 @@ def test_bwlimit_spaces_frames_at_the_configured_rate():
     for _ in range(100):
         clock.advance(0.01)
     assert len(transport.value()) == 1 << 20 and budget.used == 0
+
+
+def test_drain_rate_learns_only_from_busy_intervals():
+    """The link rate is measured while data waits; idle intervals do not drag it to zero."""
+    from drbdproxy.pipeline import DrainRate
+
+    rate = DrainRate(weight=1.0)
+    rate.sample(0.0, 0, busy=True)
+    rate.sample(1.0, 10_000_000, busy=True)
+    assert rate.rate == 10_000_000
+    rate.sample(2.0, 10_000_000, busy=False)  # nothing queued: says nothing about the link
+    assert rate.rate == 10_000_000
+    assert rate.drain_seconds(25_000_000) == 2.5 and rate.drain_seconds(0) == 0.0
+    assert DrainRate().drain_seconds(5) is None

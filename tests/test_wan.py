@@ -45,6 +45,16 @@ def test_replication_over_a_shaped_link_with_the_buffer_full(wan, tmp_path, sims
                          prefix=wan.exec_b)
         primary = sims("--role", "primary", "--listen", addr, "--peer", inside, *common,
                        prefix=wan.exec_a)
+
+        def usage() -> str:
+            return alice.ctl("show", "memusage", check=True).stdout
+
+        wait_until(lambda: "drbd-reads paused" in usage() and "drain-time unknown" not in usage(),
+                   "alice's buffer to fill while the link drains")
+        line = usage()
+        assert f"congestion-fill {(16 << 20) * 9 // 10}" in line  # LINBIT's 90 % of memlimit
+        drain = float(line.split("drain-time ")[1].split("s")[0])
+        assert drain > 0
         (prc, p), (src, s) = primary.report(), secondary.report()
         assert (prc, src) == (0, 0), (p["error"], s["error"])
         assert s["verified"] and s["bytes"] == 64 << 20
