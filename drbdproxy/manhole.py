@@ -40,8 +40,8 @@ from twisted.cred import portal
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ISSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred
 from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
