@@ -20,6 +20,7 @@ setup(
         "zope.interface",
         "lz4>=4",
         "zstandard",
+        "prometheus_client>=0.20",
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "hypothesis"],

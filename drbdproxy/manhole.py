@@ -5,8 +5,9 @@
 
 - **Who may log in**: the public keys of ``keys_file`` (authorized_keys format: one
   ``ssh-ed25519 AAAA... comment`` per line; ``#`` comments; lines with options in front are not
-  understood and are skipped with an error in the log). The file is read once, at start-up; any
-  user name is accepted with an authorized key. There are no passwords.
+  understood and are skipped with an error in the log). The file is read once, at start-up, and
+  refused if group or others may write it; any user name is accepted with an authorized key.
+  There are no passwords.
 - **Host key**: an ed25519 key in ``manhole_host_ed25519_key`` (OpenSSH format), in
   ``host_key_dir`` if given, else **in the directory of the keys file**. It is generated at the
   first start with mode 0600 and reused after; one readable by group or others is refused, as
@@ -88,13 +89,17 @@ def check_endpoint(endpoint: str, reactor: Any = None) -> str:
 def load_authorized_keys(path: str) -> list[keys.Key]:
     """Every public key of an authorized_keys file.
 
-    :raises ManholeError: the file is missing or unreadable, or holds no key.
+    :raises ManholeError: the file is missing, unreadable, writable by others or holds no key.
     """
     try:
         with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
             found = list(readAuthorizedKeyFile(f))
     except OSError as e:
         raise ManholeError(f"cannot read manhole keys file {path}: {e.strerror}") from None
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):  # as sshd's StrictModes: anyone could add a key
+        raise ManholeError(f"manhole keys file {path} is writable by others "
+                           f"(mode {stat.S_IMODE(mode):o}): chmod go-w it")
     if not found:
         raise ManholeError(f"manhole keys file {path} holds no public key")
     return found
@@ -166,7 +171,7 @@ def show(obj: Any, file: IO[str] | None = None) -> None:
 
 def session_namespace(namespace: Namespace) -> dict[str, Any]:
     """What one manhole session starts with: ``namespace()`` of this moment plus ``show``."""
-    ns = {"show": show}
+    ns: dict[str, Any] = {"show": show}
     ns.update(namespace())
     return ns
 

@@ -10,6 +10,10 @@ from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from .control.protocol import ControlFactory
+from .manhole import ManholeError, load_authorized_keys, manhole_service
+from .manhole import check_endpoint as check_manhole_endpoint
+from .metrics import MetricsError, metrics_service
+from .metrics import check_endpoint as check_metrics_endpoint
 from .registry import ConnectionRegistry
 
 DEFAULT_CONTROL = "unix:/run/drbd-proxy/drbd-proxy-ctl.socket:mode=600"
@@ -30,12 +34,33 @@ class Options(usage.Options):
     optParameters = [
         ["control", "c", DEFAULT_CONTROL,
          "Twisted server endpoint of the control socket (its directory is created)."],
+        ["manhole", None, None,
+         "SSH manhole endpoint, e.g. tcp:6022:interface=127.0.0.1 (a bare port means loopback);"
+         " needs --manhole-keys."],
+        ["manhole-keys", None, None,
+         "authorized_keys file of the public keys allowed into the manhole; the manhole's host"
+         " key is generated beside it (manhole_host_ed25519_key, mode 0600)."],
+        ["metrics", None, None,
+         "Prometheus /metrics endpoint, e.g. tcp:9942:interface=127.0.0.1"
+         " (a bare port means loopback)."],
     ]
 
     def postOptions(self) -> None:
         self["control"] = self["control"].strip()
         if not self["control"]:
             raise usage.UsageError("--control needs an endpoint, e.g. unix:/run/drbd-proxy/ctl.socket")
+        if self["manhole"] and not self["manhole-keys"]:
+            raise usage.UsageError("--manhole needs --manhole-keys FILE (authorized_keys format)")
+        if self["manhole-keys"] and not self["manhole"]:
+            raise usage.UsageError("--manhole-keys needs --manhole ENDPOINT")
+        try:
+            if self["manhole"]:
+                self["manhole"] = check_manhole_endpoint(self["manhole"])
+                load_authorized_keys(self["manhole-keys"])
+            if self["metrics"]:
+                self["metrics"] = check_metrics_endpoint(self["metrics"])
+        except (ManholeError, MetricsError) as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def _unix_socket_dir(endpoint: str) -> str | None:
@@ -59,4 +84,23 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         os.makedirs(directory, mode=0o755, exist_ok=True)
     # strports raises at start-up if the control socket cannot be bound (one clear error).
     strports.service(config["control"], ControlFactory(registry)).setServiceParent(top)
+    if config["manhole"]:
+        try:
+            manhole = manhole_service(config["manhole"], config["manhole-keys"],
+                                      lambda: _manhole_namespace(registry, reactor),
+                                      reactor=reactor)
+        except ManholeError as e:  # e.g. the host key cannot be written
+            raise SystemExit(f"drbd-proxy: {e}") from None
+        manhole.setServiceParent(top)
+    if config["metrics"]:
+        metrics_service(config["metrics"], registry, reactor=reactor).setServiceParent(top)
     return top
+
+
+def _manhole_namespace(registry: ConnectionRegistry, reactor: Any) -> dict[str, Any]:
+    """A manhole session's locals: the registry and, by name, the connections of this moment."""
+    return {
+        "registry": registry,
+        "reactor": reactor,
+        "connections": {c.name: c for c in registry.connections_by_name},
+    }

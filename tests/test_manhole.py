@@ -114,6 +114,14 @@ def test_keys_file_without_keys_is_a_clear_error(tmp_path: Path) -> None:
         service(str(path))
 
 
+def test_keys_file_writable_by_others_is_refused(tmp_path: Path) -> None:
+    """As sshd's StrictModes, a keys file that others may write (and add keys to) is refused."""
+    keys_file = authorized(tmp_path, Pair(tmp_path, "id"))
+    os.chmod(keys_file, 0o666)
+    with pytest.raises(ManholeError, match="writable by others"):
+        service(keys_file)
+
+
 def test_bad_endpoint_is_a_clear_error(tmp_path: Path) -> None:
     """An endpoint string that does not parse is refused before anything is read or written."""
     keys_file = authorized(tmp_path, Pair(tmp_path, "id"))
