@@ -111,7 +111,7 @@ class ProxyConnection(Service):
         self.settings = Settings()
         for option, value in spec.options.items():
             self.settings.apply(option, value)
-        self.budget = Budget(self.settings.memlimit)
+        self.budget = Budget(self.settings.memlimit, self._bufferFull)
         self.drain = DrainRate()
         self.state = State.CONNECTING
         self.reconnects = 0
@@ -360,7 +360,18 @@ class ProxyConnection(Service):
             retry = lambda: self._connectDrbd(stream, (source[0], 0))  # noqa: E731
         connect_from(self._reactor, host, port, DrbdConnectFactory(stream, retry), source)
 
+    def _bufferFull(self, full: bool) -> None:
+        if full:
+            self._log.info("buffer of {name} full ({buffered} bytes, memlimit {memlimit}):"
+                           " pausing reads from DRBD", name=self.name,
+                           buffered=self.budget.used, memlimit=self.budget.limit)
+        else:
+            self._log.info("buffer of {name} drained to {buffered} bytes: reading from DRBD again",
+                           name=self.name, buffered=self.budget.used)
+
     def streamAttached(self, stream: Stream) -> None:
+        self._log.info("DRBD {kind} socket {peer} of {name} relayed as stream {sid}",
+                       kind=stream.name, peer=stream.peer, name=self.name, sid=stream.sid)
         kinds = {s.kind for s in self.streams.values() if s.sock is not None}
         if {StreamKind.DATA, StreamKind.META} <= kinds and self.state == State.PROXY_CONNECTED:
             self._setState(State.CONNECTED, "DRBD data and meta sockets relayed")
@@ -384,6 +395,9 @@ class ProxyConnection(Service):
         return result
 
     def streamGone(self, stream: Stream) -> None:
+        self._log.info("DRBD {kind} socket {peer} of {name} closed ({to_peer} bytes to the peer,"
+                       " {from_peer} from it)", kind=stream.name, peer=stream.peer,
+                       name=self.name, to_peer=stream.to_peer, from_peer=stream.from_peer)
         _addCounters(self.closed_totals.setdefault(stream.name, {}), stream)
         _addPackets(self.closed_packets, stream)
         if self.streams.get((stream.link, stream.sid)) is stream:

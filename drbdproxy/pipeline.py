@@ -31,13 +31,15 @@ class Budget:
     usage falls to the low watermark. One read can overshoot the limit: that is the fixed slack.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, on_change: Callable[[bool], None] | None = None) -> None:
         self.limit = limit
         self.used = 0
         self.peak = 0
         self.paused = False
         self.pauses = 0
         self._readers: set[IPushProducer] = set()
+        #: Called with True when reads pause at memlimit, False when they resume.
+        self._on_change = on_change
 
     @property
     def low(self) -> int:
@@ -59,6 +61,8 @@ class Budget:
             self.pauses += 1
             for reader in list(self._readers):
                 reader.pauseProducing()
+            if self._on_change is not None:
+                self._on_change(True)
 
     def sub(self, n: int) -> None:
         self.used -= n
@@ -81,6 +85,8 @@ class Budget:
             self.paused = False
             for reader in list(self._readers):
                 reader.resumeProducing()
+            if self._on_change is not None:
+                self._on_change(False)
 
 
 @dataclass

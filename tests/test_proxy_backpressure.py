@@ -58,6 +58,11 @@ def test_a_stalled_receiver_fills_memlimit_then_everything_arrives(pair, sims):
     (prc, p), (src, s) = primary.report(), secondary.report()
     assert (prc, src) == (0, 0), (p["error"], s["error"])
     assert s["verified"] and s["bytes"] == 192 << 20
+    # The lifecycle events are logged as they happen (structured fields, rendered by twistd).
+    wait_until(lambda: "drained to" in "".join(pair.alice.log), "the buffer-drained log event")
+    log = "".join(pair.alice.log)
+    assert "buffer of r0-bob-alice full" in log and "pausing reads from DRBD" in log
+    assert "DRBD data socket" in log and "relayed as stream" in log
 
 
 def test_killing_the_peer_proxy_disconnects_cleanly_and_a_restart_recovers(pair, sims, tmp_path):
