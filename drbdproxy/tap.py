@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
+from .config import ConfigError, ProxyConnectionConfig, load
+from .control.commands import CommandError, parse_command
+from .control.interface import ControlError
 from .control.protocol import ControlFactory
 from .manhole import ManholeError, load_authorized_keys, manhole_service
 from .manhole import check_endpoint as check_manhole_endpoint
@@ -34,6 +38,11 @@ class Options(usage.Options):
     optParameters = [
         ["control", "c", DEFAULT_CONTROL,
          "Twisted server endpoint of the control socket (its directory is created)."],
+        ["drbd-conf", None, None,
+         "drbd.conf to read at start: add every proxied connection of --node, as"
+         " `drbdadm proxy-up all` would."],
+        ["node", None, None,
+         "the host this proxy acts for in --drbd-conf (default: uname -n, like drbdadm)."],
         ["manhole", None, None,
          "SSH manhole endpoint, e.g. tcp:6022:interface=127.0.0.1 (a bare port means loopback);"
          " needs --manhole-keys."],
@@ -49,6 +58,14 @@ class Options(usage.Options):
         self["control"] = self["control"].strip()
         if not self["control"]:
             raise usage.UsageError("--control needs an endpoint, e.g. unix:/run/drbd-proxy/ctl.socket")
+        if self["node"] and not self["drbd-conf"]:
+            raise usage.UsageError("--node only makes sense with --drbd-conf FILE")
+        if self["drbd-conf"]:
+            self["node"] = self["node"] or socket.gethostname()
+            try:
+                self["connections"] = load(self["drbd-conf"]).proxy_connections(self["node"])
+            except (ConfigError, OSError) as e:
+                raise usage.UsageError(f"--drbd-conf: {e}") from None
         if self["manhole"] and not self["manhole-keys"]:
             raise usage.UsageError("--manhole needs --manhole-keys FILE (authorized_keys format)")
         if self["manhole-keys"] and not self["manhole"]:
@@ -79,6 +96,8 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     top = MultiService()
     registry = ConnectionRegistry(reactor, meta_first=not config["meta-on-bulk"])
     registry.setServiceParent(top)
+    for connection in config.get("connections") or []:
+        _configure(registry, connection)
     directory = _unix_socket_dir(config["control"])
     if directory:
         os.makedirs(directory, mode=0o755, exist_ok=True)
@@ -104,3 +123,14 @@ def _manhole_namespace(registry: ConnectionRegistry, reactor: Any) -> dict[str, 
         "reactor": reactor,
         "connections": {c.name: c for c in registry.connections_by_name},
     }
+
+
+def _configure(registry: ConnectionRegistry, connection: ProxyConnectionConfig) -> None:
+    """Add one connection from drbd.conf through the very commands drbdadm would send."""
+    if connection.name in registry.namedServices:
+        return  # drbdadm 9.22 can list one name twice (a dedicated proxy for two nodes)
+    for line in connection.to_ctl_commands():
+        try:
+            parse_command(line).call(registry)
+        except (CommandError, ControlError) as e:
+            raise SystemExit(f"drbd-proxy: --drbd-conf: {connection.name}: {line}: {e}") from None
