@@ -14,6 +14,8 @@ setup(
     # __init__.py of our own.
     packages=find_packages(include=["drbdproxy", "drbdproxy.*"]) + ["twisted.plugins"],
     package_data={"twisted.plugins": ["drbdproxy_plugin.py"]},
+    # The demo's drbd.conf, for drbd-proxy-demo run outside the source tree.
+    data_files=[("share/drbdproxy/demo", ["etc/demo/drbd.conf"])],
     install_requires=[
         "twisted[tls,conch]>=23.8",
         "automat",

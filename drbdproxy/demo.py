@@ -1,15 +1,15 @@
 """``drbd-proxy-demo``: the embedded demo that ``make demo`` runs (SPEC 3.6).
 
-Everything on loopback: two proxy daemons (sites alice and bob) under twistd, and two drbd-sim
-nodes in this process. alice's DRBD writes disk-like data through the pair; the link from alice
-to bob is capped (bwlimit), so alice's buffer visibly fills to memlimit and drains.
+Everything on loopback: two proxy daemons (sites alice and bob) started by twistd with
+``--drbd-conf etc/demo/drbd.conf``, and two drbd-sim nodes in this process at the DRBD addresses
+that file gives. alice's DRBD writes disk-like data through the pair; the link from alice to bob
+is capped (bwlimit), so alice's buffer visibly fills to memlimit and drains.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,36 +17,35 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
+from .config import ProxyConnectionConfig, load
 from .control.ctl import Unreachable, run_commands
 from .drbd.payloads import WireProtocol
 from .sim.config import SimConfig
 from .units import format_size, parse_size
 
 BIN = Path(sys.executable).parent
+CONF_NAME = Path("etc") / "demo" / "drbd.conf"
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+def demo_conf() -> Path:
+    """etc/demo/drbd.conf of the source tree (``make demo``), else the installed copy."""
+    for candidate in (Path.cwd() / CONF_NAME, Path(sys.prefix) / "share" / "drbdproxy" / "demo" / "drbd.conf"):
+        if candidate.exists():
+            return candidate
+    raise SystemExit(f"drbd-proxy-demo: cannot find {CONF_NAME}")
 
 
 class Site:
     """One proxy daemon (twistd drbd-proxy) and how to talk to it."""
 
-    def __init__(self, name: str, workdir: Path) -> None:
+    def __init__(self, name: str, workdir: Path, conf: Path) -> None:
         self.name = name
         self.socket = workdir / f"{name}.ctl"
         self.logfile = workdir / f"{name}.log"
         self.proc = subprocess.Popen(
             [str(BIN / "twistd"), "-n", "--pidfile=", f"--logfile={self.logfile}", "drbd-proxy",
-             "--control", f"unix:{self.socket}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+             "--control", f"unix:{self.socket}", "--drbd-conf", str(conf), "--node", name],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
 
     def ctl(self, *commands: str) -> tuple[int, str]:
@@ -61,7 +60,8 @@ class Site:
         deadline = time.monotonic() + timeout
         while self.ctl("show version")[0] != 0:
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"proxy {self.name} did not start; see {self.logfile}")
+                out = self.proc.stdout.read() if self.proc.stdout else ""
+                raise RuntimeError(f"proxy {self.name} did not start: {out.strip()[-500:]}")
             time.sleep(0.05)
 
     def stats(self) -> dict[str, str]:
@@ -77,23 +77,6 @@ class Site:
                 self.proc.kill()
 
 
-def _configure(alice: Site, bob: Site, ports: dict[str, int], memlimit: str, bwlimit: str) -> None:
-    ip = "127.0.0.1"
-    p = ports
-    for site, name, own_in, peer_out, own_out, drbd in (
-        (alice, "r0-bob-alice", p["a_in"], p["b_out"], p["a_out"], p["a_drbd"]),
-        (bob, "r0-alice-bob", p["b_in"], p["a_out"], p["b_out"], p["b_drbd"]),
-    ):
-        rc, text = site.ctl(
-            f"add connection {name} {ip}:{own_in} {ip}:{peer_out} {ip}:{own_out} {ip}:{drbd}",
-            f"set memlimit {name} {memlimit}",
-            f"set compression {name} on",
-            f"set bwlimit {name} {bwlimit}",
-        )
-        if rc:
-            raise RuntimeError(f"configuring {site.name} failed: {text}")
-
-
 def _wait_linked(alice: Site, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while alice.stats().get("r0-bob-alice.state") not in ("ProxyConnected", "Connected"):
@@ -102,20 +85,20 @@ def _wait_linked(alice: Site, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-def _replicate(ports: dict[str, int], size: int, protocol: WireProtocol, alice: Site,
-               bob: Site) -> list[dict[str, Any]]:
+def _replicate(a: ProxyConnectionConfig, b: ProxyConnectionConfig, size: int,
+               protocol: WireProtocol, alice: Site, bob: Site) -> list[dict[str, Any]]:
     from twisted.internet import reactor
     from twisted.internet.defer import gatherResults
     from twisted.internet.task import LoopingCall
 
     from .sim.node import Node
 
-    ip = "127.0.0.1"
+    # Each DRBD listens on its own address and connects to its proxy's inside address.
     common: dict[str, Any] = dict(protocol=protocol, size=size, ping_timeout=10.0)
-    primary = Node(SimConfig(role="primary", listen=(ip, ports["a_drbd"]), peer=(ip, ports["a_in"]),
+    primary = Node(SimConfig(role="primary", listen=a.connect_drbd, peer=a.listen_inside,
                              **common), reactor, lambda message: None)
-    secondary = Node(SimConfig(role="secondary", listen=(ip, ports["b_drbd"]),
-                               peer=(ip, ports["b_in"]), **common), reactor, lambda message: None)
+    secondary = Node(SimConfig(role="secondary", listen=b.connect_drbd, peer=b.listen_inside,
+                               **common), reactor, lambda message: None)
     results: list[dict[str, Any]] = []
     started = time.monotonic()
 
@@ -149,14 +132,14 @@ def _replicate(ports: dict[str, int], size: int, protocol: WireProtocol, alice: 
     return results
 
 
-def _summary(reports: list[dict[str, Any]], stats: dict[str, str], bwlimit: str) -> str:
+def _summary(reports: list[dict[str, Any]], stats: dict[str, str]) -> str:
     raw = int(stats.get("r0-bob-alice.data.to_peer.bytes", 0))
     wire = int(stats.get("r0-bob-alice.data.to_peer.wire_bytes", 0))
     p, s = reports
     rows = [
         ("primary (alice) wrote", format_size(p["bytes"]), f"{p['mb_per_s']} MB/s"),
         ("secondary (bob) verified", format_size(s["bytes"]), f"{s['mb_per_s']} MB/s"),
-        ("link cap (bwlimit)", bwlimit + "/s", ""),
+        ("link cap (bwlimit)", format_size(int(stats.get("r0-bob-alice.bwlimit", 0))) + "/s", ""),
         ("sent over the link", format_size(wire), f"lz4 {raw / wire:.2f}:1" if wire else ""),
         ("alice buffer peak", format_size(int(stats.get("r0-bob-alice.buffered_peak", 0))),
          f"memlimit {format_size(int(stats.get('r0-bob-alice.memlimit', 0)))}"),
@@ -174,29 +157,36 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="256M", help="bytes alice's DRBD writes (default 256M)")
     parser.add_argument("--protocol", default="A", choices=("A", "B", "C"))
-    parser.add_argument("--memlimit", default="48M", help="alice's buffer (default 48M)")
-    parser.add_argument("--bwlimit", default="32M", help="link cap in bytes/s (default 32M)")
+    parser.add_argument("--conf", default=None, help="the demo's drbd.conf (default etc/demo/drbd.conf)")
+    parser.add_argument("--memlimit", default=None, help="override alice's memlimit")
+    parser.add_argument("--bwlimit", default=None, help="override the link cap, bytes/s")
     args = parser.parse_args(argv)
     size = parse_size(args.size)
-    names = ("a_drbd", "a_in", "a_out", "b_drbd", "b_in", "b_out")
-    ports = dict(zip(names, _free_ports(len(names))))
+    conf_path = Path(args.conf) if args.conf else demo_conf()
+    conf = load(conf_path)
+    (a,) = conf.proxy_connections("alice")
+    (b,) = conf.proxy_connections("bob")
     with tempfile.TemporaryDirectory(prefix="drbd-proxy-demo-") as tmp:
-        sites = [Site("alice", Path(tmp)), Site("bob", Path(tmp))]
+        sites = [Site("alice", Path(tmp), conf_path), Site("bob", Path(tmp), conf_path)]
         try:
             for site in sites:
                 site.wait_ready()
             alice, bob = sites
-            _configure(alice, bob, ports, args.memlimit, args.bwlimit)
+            for option in ("memlimit", "bwlimit"):
+                if getattr(args, option):
+                    alice.ctl(f"set {option} {a.name} {getattr(args, option)}")
             _wait_linked(alice)
+            s = alice.stats()
             print(f"drbd-proxy-demo: alice's DRBD writes {args.size} of disk-like data (protocol"
-                  f" {args.protocol}) through proxy alice -> proxy bob; link capped at"
-                  f" {args.bwlimit}/s, alice's memlimit {args.memlimit}", flush=True)
-            reports = _replicate(ports, size, WireProtocol[args.protocol], alice, bob)
+                  f" {args.protocol}) through proxy alice -> proxy bob ({conf_path}); link capped at"
+                  f" {format_size(int(s.get(a.name + '.bwlimit', 0)))}/s, alice's memlimit"
+                  f" {format_size(int(s[a.name + '.memlimit']))}", flush=True)
+            reports = _replicate(a, b, size, WireProtocol[args.protocol], alice, bob)
             stats = alice.stats()
         finally:
             for site in sites:
                 site.stop()
-    print(_summary(reports, stats, args.bwlimit))
+    print(_summary(reports, stats))
     ok = len(reports) == 2 and all(r["verified"] for r in reports)
     print("drbd-proxy-demo: end-to-end verification", "PASSED" if ok else "FAILED")
     sys.exit(0 if ok else 1)

@@ -217,6 +217,7 @@ class ConnectionRegistry(MultiService):
         for c in self.connections_by_name:
             yield f"{c.name}.state {c.state}"
             yield f"{c.name}.memlimit {c.budget.limit}"
+            yield f"{c.name}.bwlimit {c.settings.options.get('bwlimit', 0)}"
             yield f"{c.name}.buffered {c.budget.used}"
             yield f"{c.name}.buffered_peak {c.budget.peak}"
             rtt = f"{c.link_rtt_ms:.3f}" if c.link_rtt_ms is not None else "-"
