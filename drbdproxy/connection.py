@@ -72,10 +72,11 @@ class Settings:
 
     memlimit: int = DEFAULT_MEMLIMIT
     options: dict[str, int] = field(default_factory=dict)
+    #: The explicit plugin list (``set plugin``), exactly as drbdadm sent it.
     plugins: list[PluginSpec] = field(default_factory=list)
 
     def apply(self, option: str, value: int) -> None:
-        """Set one option; ``compression`` replaces the plugin list, as drbdadm means it.
+        """Set one option.
 
         :raises PluginError: a compression value that names no codec.
         """
@@ -83,8 +84,22 @@ class Settings:
             self.memlimit = value
             return
         if option == "compression":
-            self.plugins = compression_option("on" if value == COMPRESSION_ON else str(value))
+            compression_option(self._compression_word(value))  # refuse a bad value now
         self.options[option] = value
+
+    @staticmethod
+    def _compression_word(value: int) -> str:
+        return "on" if value == COMPRESSION_ON else str(value)
+
+    @property
+    def effective_plugins(self) -> list[PluginSpec]:
+        """What compresses: the explicit plugins, else the ``compression`` option's codec.
+
+        drbdadm keeps the two apart (adjust compares only the plugin list), and so do we.
+        """
+        if self.plugins or "compression" not in self.options:
+            return self.plugins
+        return compression_option(self._compression_word(self.options["compression"]))
 
     @property
     def ping_timeout(self) -> float:
@@ -138,7 +153,7 @@ class ProxyConnection(Service):
     @property
     def codec(self) -> Codec:
         if self._codec is None:
-            codec = codec_for(self.settings.plugins)
+            codec = codec_for(self.settings.effective_plugins)
             accepted = self.bulk.accepted if self.bulk is not None else None
             if accepted is not None and int(codec.id) not in accepted.peer_codecs:
                 # The handshake told us what the peer can decompress: never send it more.

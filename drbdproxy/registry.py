@@ -161,7 +161,8 @@ class ConnectionRegistry(MultiService):
         conn = self.connection(name)
         lines = ["proxy {", f"    memlimit {drbd_size(conn.settings.memlimit)};"]
         for option, value in sorted(conn.settings.options.items()):
-            if option != "compression":  # drbdadm expresses it as plugins
+            # drbdadm 9 cannot parse `compression on;` here, and adjust never compares it.
+            if option != "compression":
                 lines.append(f"    {option} {value};")
         if conn.settings.plugins:
             lines.append("    plugin {")
@@ -218,6 +219,7 @@ class ConnectionRegistry(MultiService):
             yield f"{c.name}.state {c.state}"
             yield f"{c.name}.memlimit {c.budget.limit}"
             yield f"{c.name}.bwlimit {c.settings.options.get('bwlimit', 0)}"
+            yield f"{c.name}.codec {c.codec.describe().replace(' ', '-')}"
             yield f"{c.name}.buffered {c.budget.used}"
             yield f"{c.name}.buffered_peak {c.budget.peak}"
             rtt = f"{c.link_rtt_ms:.3f}" if c.link_rtt_ms is not None else "-"
