@@ -55,7 +55,7 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        self["control"] = self["control"].strip()
+        self["control"] = loopback_by_default(self["control"].strip())
         if not self["control"]:
             raise usage.UsageError("--control needs an endpoint, e.g. unix:/run/drbd-proxy/ctl.socket")
         if self["node"] and not self["drbd-conf"]:
@@ -78,6 +78,15 @@ class Options(usage.Options):
                 self["metrics"] = check_metrics_endpoint(self["metrics"])
         except (ManholeError, MetricsError) as e:
             raise usage.UsageError(str(e)) from None
+
+
+def loopback_by_default(endpoint: str) -> str:
+    """A TCP control endpoint without an interface listens on loopback, never on every address:
+    the control protocol has no authentication of its own."""
+    if endpoint.split(":", 1)[0] in ("tcp", "tcp6") and "interface=" not in endpoint:
+        loopback = "\\:\\:1" if endpoint.startswith("tcp6") else "127.0.0.1"
+        return f"{endpoint}:interface={loopback}"
+    return endpoint
 
 
 def _unix_socket_dir(endpoint: str) -> str | None:
