@@ -46,6 +46,7 @@ from .link import (
     new_session,
 )
 from .pipeline import Budget, ChunkEncoder, DrainRate
+from .tls import TlsConfig, check_peer
 from .relay.links import LinkClientFactory, LinkProtocol, LinkServerFactory
 from .relay.sockets import connect_from, listen_shared
 from .relay.streams import DrbdConnectFactory, DrbdSocket, InsideFactory, Stream
@@ -117,9 +118,12 @@ class ProxyConnection(Service):
     _log = logger()
 
     def __init__(self, spec: ConnectionSpec, reactor: Any, encoder: ChunkEncoder,
-                 meta_first: bool = True) -> None:
+                 meta_first: bool = True, tls: TlsConfig | None = None,
+                 secret: bytes | None = None) -> None:
         self.name = spec.name
         self.meta_first = meta_first
+        self._tls = tls
+        self._secret = secret
         self.spec = spec
         self._reactor = reactor
         self.encoder = encoder
@@ -185,7 +189,10 @@ class ProxyConnection(Service):
             host, port = self.spec.listen_inside
             self._ports.append(listen_shared(self._reactor, port, InsideFactory(self), host))
             host, port = self.spec.listen_outside
-            self._ports.append(self._reactor.listenTCP(port, LinkServerFactory(self), interface=host))
+            factory: Any = LinkServerFactory(self)
+            if self._tls is not None:
+                factory = self._tls.server(factory)
+            self._ports.append(self._reactor.listenTCP(port, factory, interface=host))
         except Exception:
             self.unbind()
             raise
@@ -226,9 +233,12 @@ class ProxyConnection(Service):
         if role is LinkRole.CONTROL:
             self._session = new_session()
         assert self._session is not None
-        handshake = ClientHandshake(self.name, role, self._session, DECODABLE)
+        handshake = ClientHandshake(self.name, role, self._session, DECODABLE, secret=self._secret)
         host, port = self.spec.connect_peer_outside
-        self._reactor.connectTCP(host, port, LinkClientFactory(self, handshake), timeout=10)
+        factory: Any = LinkClientFactory(self, handshake)
+        if self._tls is not None:
+            factory = self._tls.client(host, factory)
+        self._reactor.connectTCP(host, port, factory, timeout=10)
 
     def dialFailed(self, role: LinkRole, message: str) -> None:
         self._log.debug("dialling the {role} link of {name} failed: {message}",
@@ -236,7 +246,7 @@ class ProxyConnection(Service):
         self._teardown(f"dial failed: {message}")
 
     def serverHandshake(self) -> ServerHandshake:
-        return ServerHandshake(self._lookup, DECODABLE)
+        return ServerHandshake(self._lookup, DECODABLE, secret=self._secret)
 
     def _lookup(self, name: str, role: LinkRole, session: bytes) -> RejectReason | None:
         if role is LinkRole.CONTROL:
@@ -249,6 +259,12 @@ class ProxyConnection(Service):
     @property
     def clock(self) -> Any:
         return self._reactor
+
+    def checkPeerCertificate(self, transport: Any, side: Side) -> str | None:
+        """The dialler's TLS already checked the name; the accepting side checks it here."""
+        if self._tls is None or side is Side.CLIENT:
+            return None
+        return check_peer(transport, self.spec.connect_peer_outside[0])
 
     def tuneLinkSocket(self, transport: Any) -> None:
         """sndbuf-size and rcvbuf-size apply to each new link socket (so: on reconnect)."""
@@ -297,7 +313,12 @@ class ProxyConnection(Service):
     def linkDown(self, link: LinkProtocol, reason: str) -> None:
         if link is self.control or link is self.bulk:
             self._teardown(f"{link!r} lost: {reason}")
-        elif self.dialer and self.control is None:
+            return
+        if link.accepted is None:
+            # Refused TLS certificates, garbage, a peer of another version: say why, every time.
+            self._log.warn("a link of {name} with the peer proxy failed before its handshake"
+                           " completed: {reason}", name=self.name, reason=reason)
+        if self.dialer and self.control is None:
             self._scheduleDial()
 
     def linkFrame(self, link: LinkProtocol, frame: Frame) -> None:

@@ -17,6 +17,7 @@ from .control.commands import ConnectionSpec
 from .control.interface import ControlError, IProxyControl
 from .logs import logger
 from .pipeline import ChunkEncoder
+from .tls import TlsConfig
 from .units import format_address, format_size
 
 
@@ -43,10 +44,13 @@ class ConnectionRegistry(MultiService):
 
     _log = logger()
 
-    def __init__(self, reactor: Any, meta_first: bool = True) -> None:
+    def __init__(self, reactor: Any, meta_first: bool = True, tls: TlsConfig | None = None,
+                 link_secret: bytes | None = None) -> None:
         super().__init__()
         self._reactor = reactor
         self._meta_first = meta_first
+        self._tls = tls
+        self._link_secret = link_secret
         self._stopping = False
         # Compression workers: one per core, shared by every connection.
         self._pool = ThreadPool(minthreads=1, maxthreads=max(2, os.cpu_count() or 2),
@@ -86,7 +90,8 @@ class ConnectionRegistry(MultiService):
                     raise ControlError(f"cannot listen on {format_address(*addr)}:"
                                        f" address already in use by connection {other.name}")
         try:
-            conn = ProxyConnection(spec, self._reactor, self._encoder, self._meta_first)
+            conn = ProxyConnection(spec, self._reactor, self._encoder, self._meta_first, self._tls,
+                                   self._link_secret)
         except PluginError as e:
             raise ControlError(str(e)) from None
         try:

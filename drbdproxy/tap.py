@@ -14,11 +14,13 @@ from .config import ConfigError, ProxyConnectionConfig, load
 from .control.commands import CommandError, parse_command
 from .control.interface import ControlError
 from .control.protocol import ControlFactory
+from .link import load_secret
 from .manhole import ManholeError, load_authorized_keys, manhole_service
 from .manhole import check_endpoint as check_manhole_endpoint
 from .metrics import MetricsError, metrics_service
 from .metrics import check_endpoint as check_metrics_endpoint
 from .registry import ConnectionRegistry
+from .tls import TlsConfig, TlsError
 
 DEFAULT_CONTROL = "unix:/run/drbd-proxy/drbd-proxy-ctl.socket:mode=600"
 
@@ -49,6 +51,14 @@ class Options(usage.Options):
         ["manhole-keys", None, None,
          "authorized_keys file of the public keys allowed into the manhole; the manhole's host"
          " key is generated beside it (manhole_host_ed25519_key, mode 0600)."],
+        ["link-secret", None, None,
+         "file with a secret shared with the peer proxies (mode 0600): each link proves it with"
+         " an HMAC challenge before any frame flows."],
+        ["tls-cert", None, None, "PEM certificate of this proxy, for mutual TLS on the link."],
+        ["tls-key", None, None, "PEM private key of --tls-cert."],
+        ["tls-ca", None, None,
+         "PEM CA certificate: peers must present a certificate it signed; the dialled peer's"
+         " must also name the address dialled."],
         ["metrics", None, None,
          "Prometheus /metrics endpoint, e.g. tcp:9942:interface=127.0.0.1"
          " (a bare port means loopback)."],
@@ -66,6 +76,21 @@ class Options(usage.Options):
                 self["connections"] = load(self["drbd-conf"]).proxy_connections(self["node"])
             except (ConfigError, OSError) as e:
                 raise usage.UsageError(f"--drbd-conf: {e}") from None
+        self["secret"] = None
+        if self["link-secret"]:
+            try:
+                self["secret"] = load_secret(self["link-secret"])
+            except ValueError as e:
+                raise usage.UsageError(f"--link-secret: {e}") from None
+        tls = [self["tls-cert"], self["tls-key"], self["tls-ca"]]
+        self["tls"] = None
+        if any(tls):
+            if not all(tls):
+                raise usage.UsageError("TLS needs all of --tls-cert, --tls-key and --tls-ca")
+            try:
+                self["tls"] = TlsConfig.from_files(*tls)
+            except TlsError as e:
+                raise usage.UsageError(str(e)) from None
         if self["manhole"] and not self["manhole-keys"]:
             raise usage.UsageError("--manhole needs --manhole-keys FILE (authorized_keys format)")
         if self["manhole-keys"] and not self["manhole"]:
@@ -103,7 +128,8 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
     top = MultiService()
-    registry = ConnectionRegistry(reactor, meta_first=not config["meta-on-bulk"])
+    registry = ConnectionRegistry(reactor, meta_first=not config["meta-on-bulk"],
+                                  tls=config.get("tls"), link_secret=config.get("secret"))
     registry.setServiceParent(top)
     for connection in config.get("connections") or []:
         _configure(registry, connection)

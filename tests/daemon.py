@@ -68,14 +68,14 @@ class ProxyPair:
     """
 
     def __init__(self, workdir: Path, *setup: str, host: str = "127.0.0.1",
-                 alice_args: tuple[str, ...] = ()) -> None:
+                 alice_args: tuple[str, ...] = (), bob_args: tuple[str, ...] = ()) -> None:
         from helpers import free_ports
 
         self.host = host
         (self.alice_drbd, self.alice_in, self.alice_out,
          self.bob_drbd, self.bob_in, self.bob_out) = free_ports(6, host)
         self.alice = Daemon(workdir, "alice", *alice_args)
-        self.bob = Daemon(workdir, "bob")
+        self.bob = Daemon(workdir, "bob", *bob_args)
         self.configure(self.alice, *setup)
         self.configure(self.bob, *setup)
 

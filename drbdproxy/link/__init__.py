@@ -4,7 +4,9 @@ Nothing in this package knows about sockets, Twisted or DRBD semantics. ``docs/l
 is the specification; this package implements it.
 """
 
+from .auth import load_secret
 from .frames import (
+    AUTH_PROOF_SIZE,
     CODEC_RAW,
     DATA_PREFIX_SIZE,
     FRAME_HEADER_SIZE,
@@ -14,6 +16,7 @@ from .frames import (
     MAX_STREAM_ID,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
+    Auth,
     Close,
     CloseReason,
     Data,
@@ -46,6 +49,7 @@ from .handshake import (
     ClientHandshake,
     Lookup,
     Outcome,
+    Pending,
     Rejected,
     ServerHandshake,
     negotiate_version,
@@ -55,6 +59,7 @@ from .handshake import (
 from .parser import LinkDecoder, LinkError, Phase
 
 __all__ = [
+    "AUTH_PROOF_SIZE", "Auth", "Pending", "load_secret",
     "CODEC_RAW", "DATA_PREFIX_SIZE", "FRAME_HEADER_SIZE", "MAGIC", "MAX_DATA_CHUNK", "MAX_FRAME_PAYLOAD",
     "MAX_STREAM_ID", "PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "Accepted", "ClientHandshake",
     "Close", "CloseReason", "Data", "ErrorCode", "ErrorFrame", "Feature", "Frame",

@@ -38,6 +38,8 @@ MAX_MESSAGE = 1024
 MAX_NAME = 255
 SESSION_SIZE = 16
 NONCE_SIZE = 32
+#: An AUTH frame's payload: one HMAC-SHA256 proof (docs/link-protocol.md §8).
+AUTH_PROOF_SIZE = 32
 MAX_STREAM_ID = 0xFFFFFFFF
 #: The one codec id the link itself knows: raw bytes, always supported, never advertised. The
 #: other ids are opaque here; ``drbdproxy.codecs.CodecId`` assigns them.
@@ -57,7 +59,7 @@ class FrameType(IntEnum):
     HELLO = 0x01
     WELCOME = 0x02
     REJECT = 0x03
-    AUTH = 0x04  # reserved for the HMAC challenge-response; not valid in version 1
+    AUTH = 0x04  # HMAC challenge-response proof; only when HMAC_AUTH was agreed (§8)
     PING = 0x10
     PONG = 0x11
     OPEN = 0x20
@@ -88,11 +90,12 @@ class StreamKind(IntEnum):
 
 
 class Feature(IntFlag):
-    HMAC_AUTH = 1 << 0  # reserved: HMAC challenge-response via AUTH frames (not implemented)
+    HMAC_AUTH = 1 << 0  # HMAC-SHA256 challenge-response via AUTH frames (shared link secret)
 
 
 #: Feature bits this implementation can actually honour; a server only ever agrees to these.
-IMPLEMENTED_FEATURES = 0
+#: HMAC_AUTH is offered and agreed exactly when the end has a link secret (see handshake.py).
+IMPLEMENTED_FEATURES = int(Feature.HMAC_AUTH)
 
 
 class RejectReason(IntEnum):
@@ -101,8 +104,8 @@ class RejectReason(IntEnum):
     DUPLICATE_CONTROL = 3
     NO_SUCH_SESSION = 4
     BUSY = 5
-    AUTH_REQUIRED = 6  # reserved for link authentication
-    AUTH_FAILED = 7  # reserved for link authentication
+    AUTH_REQUIRED = 6  # the server has a link secret; the HELLO did not offer HMAC_AUTH
+    AUTH_FAILED = 7  # the client's AUTH proof is wrong (another secret, a replay, a reflection)
 
 
 class CloseReason(IntEnum):
@@ -129,6 +132,7 @@ class ErrorCode(IntEnum):
     HANDSHAKE_FAILED = 7  # a WELCOME that does not answer our HELLO
     TIMEOUT = 8  # nothing received within ping-timeout
     INTERNAL_ERROR = 9
+    AUTH_FAILED = 10  # the server's AUTH proof is wrong (sent by the client; §8)
 
 
 class LinkProtocolError(Exception):
@@ -397,6 +401,29 @@ class ErrorFrame(_CodeMessage):
 
 
 @dataclass(frozen=True, slots=True)
+class Auth(_LinkFrame):
+    """Client -> server, then server -> client: proof of the shared link secret (§8).
+
+    The payload is exactly the 32-byte HMAC-SHA256 ``proof``; there is no key id (to rotate a
+    secret, a verifier may try each secret it accepts, see ``drbdproxy.link.auth``).
+    """
+
+    proof: bytes
+
+    TYPE: ClassVar[FrameType] = FrameType.AUTH
+
+    def __post_init__(self) -> None:
+        _check_size("AUTH proof", self.proof, AUTH_PROOF_SIZE)
+
+    def _payload(self) -> bytes:
+        return self.proof
+
+    @classmethod
+    def from_payload(cls, stream: int, payload: bytes) -> Auth:
+        return cls(payload)
+
+
+@dataclass(frozen=True, slots=True)
 class _Heartbeat(_LinkFrame):
     """PING and PONG: ``token u64 | sent_ns u64``."""
 
@@ -536,13 +563,14 @@ class Close(_Frame):
         return cls(stream, payload[0], _message_text(payload[1:]))
 
 
-Frame = Hello | Welcome | Reject | Ping | Pong | Open | Data | Close | GoAway | ErrorFrame
+Frame = Hello | Welcome | Reject | Auth | Ping | Pong | Open | Data | Close | GoAway | ErrorFrame
 
 #: Decoders of every non-DATA frame type (DATA has its own copy-avoiding path in the parser).
 FRAME_DECODERS: dict[FrameType, Callable[[int, bytes], Frame]] = {
     FrameType.HELLO: Hello.from_payload,
     FrameType.WELCOME: Welcome.from_payload,
     FrameType.REJECT: Reject.from_payload,
+    FrameType.AUTH: Auth.from_payload,
     FrameType.PING: Ping.from_payload,
     FrameType.PONG: Pong.from_payload,
     FrameType.OPEN: Open.from_payload,

@@ -3,6 +3,15 @@
 Like a DRBD stream, a link stream cannot be re-synchronised (DATA payloads may contain anything,
 magics included), so the decoder fails closed: after the first :class:`LinkError` it returns
 nothing more, and the link must be dropped.
+
+With link authentication (``HMAC_AUTH``, docs/link-protocol.md §8) the decoder passes through an
+AUTHENTICATING phase between the handshake and ESTABLISHED, in which only AUTH (and REJECT or
+ERROR) frames are accepted: no heartbeat and no stream frame gets through before the peer's proof.
+A client decoder enters it after a WELCOME that agrees to ``HMAC_AUTH``. An end with a link
+secret requires the feature, so its decoder is built with ``auth=True`` (the handshake machines'
+``decoder()`` does that) and enters it after every HELLO (server) or WELCOME (client): a server
+cannot tell from a HELLO whether its own end agrees. The decoder only checks the framing; the
+handshake verifies the proofs, and fails the link when HELLO or WELCOME lack ``HMAC_AUTH``.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from .frames import (
+    AUTH_PROOF_SIZE,
     DATA_PREFIX,
     DATA_PREFIX_SIZE,
     FRAME_DECODERS,
@@ -26,15 +36,18 @@ from .frames import (
     Data,
     ErrorCode,
     ErrorFrame,
+    Feature,
     Frame,
     FrameType,
     Side,
+    Welcome,
     stream_id_side,
 )
 
 
 class Phase(Enum):
     HANDSHAKE = "handshake"  # only the handshake frames of the peer's side
+    AUTHENTICATING = "authenticating"  # HMAC_AUTH: only the peer's AUTH (or REJECT/ERROR)
     ESTABLISHED = "established"  # heartbeats and streams
     CLOSED = "closed"  # after REJECT, GOAWAY or ERROR: the peer sends nothing more
 
@@ -45,15 +58,19 @@ _ESTABLISHED = frozenset({_T.PING, _T.PONG, _T.OPEN, _T.DATA, _T.CLOSE, _T.GOAWA
 _ALLOWED: dict[tuple[Side, Phase], frozenset[int]] = {
     (Side.SERVER, Phase.HANDSHAKE): frozenset({_T.HELLO, _T.ERROR}),
     (Side.CLIENT, Phase.HANDSHAKE): frozenset({_T.WELCOME, _T.REJECT, _T.ERROR}),
+    (Side.SERVER, Phase.AUTHENTICATING): frozenset({_T.AUTH, _T.ERROR}),
+    (Side.CLIENT, Phase.AUTHENTICATING): frozenset({_T.AUTH, _T.REJECT, _T.ERROR}),
     (Side.SERVER, Phase.ESTABLISHED): _ESTABLISHED,
     (Side.CLIENT, Phase.ESTABLISHED): _ESTABLISHED,
     (Side.SERVER, Phase.CLOSED): frozenset(),
     (Side.CLIENT, Phase.CLOSED): frozenset(),
 }
 #: Phase changes caused by receiving a frame (the same feed may carry the frames that follow it).
+#: HELLO and WELCOME lead to AUTHENTICATING instead when authentication is on (``_after``).
 _NEXT_PHASE = {
     _T.HELLO: Phase.ESTABLISHED,
     _T.WELCOME: Phase.ESTABLISHED,
+    _T.AUTH: Phase.ESTABLISHED,
     _T.REJECT: Phase.CLOSED,
     _T.GOAWAY: Phase.CLOSED,
     _T.ERROR: Phase.CLOSED,
@@ -65,6 +82,7 @@ _LENGTHS: dict[int, tuple[int, int]] = {
     _T.HELLO: (62 + 1 + 1, MAX_HANDSHAKE_PAYLOAD),  # fixed part, 1-byte name, codec count
     _T.WELCOME: (59, MAX_HANDSHAKE_PAYLOAD),
     _T.REJECT: _CODE_MESSAGE,
+    _T.AUTH: (AUTH_PROOF_SIZE, AUTH_PROOF_SIZE),
     _T.GOAWAY: _CODE_MESSAGE,
     _T.ERROR: _CODE_MESSAGE,
     _T.PING: (16, 16),
@@ -109,13 +127,23 @@ class LinkDecoder:
     soon as its 12 bytes are in (magic, type, flags, phase, stream id, length bound), so a bad
     frame is refused before its payload is buffered: the decoder never holds more than one
     header plus ``max_payload`` bytes between feeds.
+
+    ``auth``: this end requires link authentication (it has a link secret). The decoder then goes
+    from the peer's HELLO (server) or WELCOME (client) to AUTHENTICATING instead of ESTABLISHED,
+    whatever their feature bits say: a HELLO or WELCOME without ``HMAC_AUTH`` fails in the
+    handshake, and nothing after it is taken for a stream frame meanwhile. A client decoder also
+    goes there after a WELCOME that agrees to ``HMAC_AUTH``, ``auth`` or not. Otherwise AUTH is
+    UNEXPECTED_FRAME, as before authentication existed.
     """
 
-    def __init__(self, side: Side, max_payload: int = MAX_FRAME_PAYLOAD) -> None:
+    def __init__(
+        self, side: Side, max_payload: int = MAX_FRAME_PAYLOAD, *, auth: bool = False
+    ) -> None:
         if max_payload < MIN_FRAME_PAYLOAD_LIMIT:
             raise ValueError(f"max_payload must be at least {MIN_FRAME_PAYLOAD_LIMIT}")
         self.side = Side(side)
         self.max_payload = max_payload
+        self.auth = bool(auth)
         self.phase = Phase.HANDSHAKE
         self.failed: LinkError | None = None
         self._allowed = _ALLOWED[(self.side, self.phase)]
@@ -183,7 +211,9 @@ class LinkDecoder:
         except ValueError:
             return _Violation(ErrorCode.UNKNOWN_FRAME_TYPE, f"unknown frame type 0x{ftype:02x}")
         if known is FrameType.AUTH:
-            return _Violation(_UNEXPECTED, "AUTH frames are reserved (not in version 1)")
+            message = (f"AUTH not allowed in phase {self.phase.value} (reserved for the"
+                       " authenticating phase after an HMAC_AUTH handshake)")  # fmt: skip
+            return _Violation(_UNEXPECTED, message)
         return _Violation(_UNEXPECTED, f"{known.name} not allowed in phase {self.phase.value}")
 
     def _check_stream(self, ftype: FrameType, stream: int) -> None:
@@ -221,6 +251,15 @@ class LinkDecoder:
             self._last_peer_stream = frame.stream
             return
         phase = _NEXT_PHASE.get(frame.TYPE)
+        if self.phase is Phase.HANDSHAKE and phase is Phase.ESTABLISHED:
+            if self._authenticates(frame):  # HELLO or WELCOME: the AUTH frames come first
+                phase = Phase.AUTHENTICATING
         if phase is not None:
             self.phase = phase
             self._allowed = _ALLOWED[(self.side, phase)]
+
+    def _authenticates(self, frame: Frame) -> bool:
+        """Whether the HELLO or WELCOME just accepted leads to the authenticating phase."""
+        if self.auth:
+            return True
+        return isinstance(frame, Welcome) and bool(frame.features & Feature.HMAC_AUTH)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet import protocol
+from twisted.internet.interfaces import IHandshakeListener
+from zope.interface import implementer
 from twisted.python.failure import Failure
 
 from ..logs import logger
@@ -16,10 +18,10 @@ from ..link import (
     Accepted,
     ClientHandshake,
     Frame,
-    LinkDecoder,
     LinkError,
     LinkProtocolError,
     LinkRole,
+    Pending,
     Rejected,
     ServerHandshake,
     Side,
@@ -36,10 +38,12 @@ class LinkOwner(TypingProtocol):
     def linkDown(self, link: LinkProtocol, reason: str) -> None: ...
     def linkBudget(self) -> Budget: ...
     def tuneLinkSocket(self, transport: Any) -> None: ...
+    def checkPeerCertificate(self, transport: Any, side: Side) -> str | None: ...
     @property
     def clock(self) -> Any: ...
 
 
+@implementer(IHandshakeListener)
 class LinkProtocol(protocol.Protocol):
     """One TCP link to the peer proxy, in the role its handshake names."""
 
@@ -56,7 +60,7 @@ class LinkProtocol(protocol.Protocol):
         self.accepted: Accepted | None = None
         self.writer: FrameWriter | None = None
         self.reading: PauseReasons | None = None
-        self._decoder = LinkDecoder(side)
+        self._decoder = handshake.decoder()  # its auth phase and frame limit match the handshake
         self._down_reason: str | None = None
         self._handshake_timer: Any = None
         self.bytes_in = 0
@@ -82,6 +86,12 @@ class LinkProtocol(protocol.Protocol):
         if isinstance(self.handshake, ClientHandshake):
             self.transport.write(self.handshake.hello())
 
+    def handshakeCompleted(self) -> None:
+        """TLS is up (only with --tls-*): the accepting side checks whom it is talking to."""
+        problem = self.owner.checkPeerCertificate(self.transport, self.side)
+        if problem is not None:
+            self.fail(f"TLS: {problem}")
+
     def dataReceived(self, data: bytes) -> None:
         self.bytes_in += len(data)
         self.owner.linkActivity(self)
@@ -103,9 +113,13 @@ class LinkProtocol(protocol.Protocol):
             return
         if isinstance(self.handshake, ClientHandshake):
             outcome = self.handshake.receive(frame)
+            reply = outcome.send if isinstance(outcome, Pending) else b""
         else:
             reply, outcome = self.handshake.receive(frame)
+        if reply:
             self.transport.write(reply)
+        if isinstance(outcome, Pending):
+            return  # proving the link secret; the handshake timer keeps running
         if isinstance(outcome, Rejected):
             self._down_reason = f"refused: {outcome.message}"
             self.owner.linkRefused(self, outcome)
