@@ -65,3 +65,44 @@ def test_replication_over_a_shaped_link_with_the_buffer_full(wan, tmp_path, sims
     finally:
         alice.stop()
         bob.stop()
+
+
+def test_link_cut_and_restored(wan, tmp_path, sims):
+    """The WAN link goes down mid-stream: both proxies notice within ping-timeout and close
+    DRBD's sockets (a clean disconnect, not a verification error); once it is back, the
+    proxies link up again and a new run verifies."""
+    import subprocess
+
+    alice = start_site(wan.exec_a, tmp_path, "alice", A_IP, B_IP)
+    bob = start_site(wan.exec_b, tmp_path, "bob", B_IP, A_IP)
+    try:
+        for d, name in ((alice, "r0-bob-alice"), (bob, "r0-alice-bob")):
+            d.ctl("-c", f"set ping-timeout {name} 10", check=True)  # 1 s
+        for d in (alice, bob):
+            wait_until(lambda d=d: "ProxyConnected" in d.ctl("list", "connections").stdout,
+                       "the proxies to link over the WAN")
+        addr, inside = f"127.0.0.1:{PORTS['drbd']}", f"127.0.0.1:{PORTS['inside']}"
+        common = ["--connect-timeout", "60", "--ping-timeout", "30", "--listen", addr,
+                  "--peer", inside]
+        secondary = sims("--role", "secondary", *common, "--progress", "0.2", prefix=wan.exec_b)
+        primary = sims("--role", "primary", *common, "--size", "1G", prefix=wan.exec_a)
+        secondary.wait_for_line("progress")
+        device = wan._veth_a
+        subprocess.run(["ip", "-n", wan.a, "link", "set", device, "down"], check=True)
+        for sim in (primary, secondary):
+            rc, report = sim.report()
+            assert rc == 1 and "connection lost" in report["error"], report["error"]
+        for d in (alice, bob):
+            wait_until(lambda d=d: "Connecting" in d.ctl("list", "connections").stdout,
+                       "the proxies to notice the dead link")
+        subprocess.run(["ip", "-n", wan.a, "link", "set", device, "up"], check=True)
+        for d in (alice, bob):
+            wait_until(lambda d=d: "ProxyConnected" in d.ctl("list", "connections").stdout,
+                       "the proxies to link up again", timeout=120)
+        secondary = sims("--role", "secondary", *common, prefix=wan.exec_b)
+        primary = sims("--role", "primary", *common, "--size", "8M", prefix=wan.exec_a)
+        (prc, p), (src, s) = primary.report(), secondary.report()
+        assert (prc, src) == (0, 0), (p["error"], s["error"])
+    finally:
+        alice.stop()
+        bob.stop()
