@@ -158,6 +158,8 @@ class LinkProtocol(protocol.Protocol):
 class LinkServerFactory(protocol.ServerFactory):
     """Accepts the peer proxy's links on the outside address."""
 
+    noisy = False  # they start and stop with every DRBD socket and link: not news
+
     def __init__(self, owner: Any) -> None:
         self.owner = owner
 
@@ -167,6 +169,8 @@ class LinkServerFactory(protocol.ServerFactory):
 
 class LinkClientFactory(protocol.ClientFactory):
     """Dials one link to the peer proxy's outside address."""
+
+    noisy = False  # they start and stop with every DRBD socket and link: not news
 
     def __init__(self, owner: Any, handshake: ClientHandshake) -> None:
         self.owner = owner

@@ -273,6 +273,8 @@ class DrbdConnectFactory(protocol.ClientFactory):
         source address pair was taken); None: report the failure to the peer.
     """
 
+    noisy = False  # they start and stop with every DRBD socket and link: not news
+
     def __init__(self, stream: Stream, retry: Callable[[], None] | None = None) -> None:
         self.stream = stream
         self.retry = retry
@@ -289,6 +291,8 @@ class DrbdConnectFactory(protocol.ClientFactory):
 
 class InsideFactory(protocol.ServerFactory):
     """Accepts the local DRBD's connects on the inside address."""
+
+    noisy = False  # they start and stop with every DRBD socket and link: not news
 
     def __init__(self, connection: ProxyConnection) -> None:
         self.connection = connection
