@@ -18,7 +18,7 @@ _MAX_HEADER = 16
 class PacketScanner:
     """Counts packets per type in one direction of one DRBD socket, across any chunking."""
 
-    __slots__ = ("counts", "opaque", "_skip", "_head", "_max_payload", "_offset")
+    __slots__ = ("counts", "opaque", "_skip", "_head", "_max_payload", "_offset", "_header_at")
 
     def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
         self.counts: Counter[str] = Counter()
@@ -28,6 +28,8 @@ class PacketScanner:
         self._head = bytearray()
         self._max_payload = max_payload
         self._offset = 0
+        #: Stream offset of the header being read: where a bad one is reported.
+        self._header_at = 0
 
     def feed(self, data: bytes) -> None:
         if self.opaque is not None:
@@ -35,7 +37,7 @@ class PacketScanner:
         try:
             self._scan(data)
         except WireError as e:
-            self.opaque = f"{e} at stream offset {self._offset}"
+            self.opaque = f"{e} at stream offset {self._header_at}"
         self._offset += len(data)
 
     def _scan(self, data: bytes) -> None:
@@ -48,6 +50,8 @@ class PacketScanner:
                 self._skip -= take
                 pos += take
                 continue
+            if not self._head:
+                self._header_at = self._offset + pos
             if self._head or n - pos < _MAX_HEADER:
                 # A header split across reads: collect it piece by piece.
                 pos = self._collect(data, pos)
