@@ -10,7 +10,6 @@ import socket
 import pytest
 
 from daemon import ProxyPair, wait_until
-from helpers import free_ports
 
 INITIAL_DATA = bytes.fromhex("83740267fff20000")
 

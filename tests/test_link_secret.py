@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from daemon import Daemon, ProxyPair, wait_until
+from daemon import ProxyPair, wait_until
 from drbdproxy.link import Hello, LinkDecoder, LinkRole, Reject, RejectReason, Side, new_nonce, new_session
 
 

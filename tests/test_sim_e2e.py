@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from helpers import SimProcess, free_ports, sim_pair_args, tool
+from helpers import free_ports, sim_pair_args, tool
 
 
 def run_pair(sims, *extra: str) -> tuple[tuple[int, dict], tuple[int, dict]]:

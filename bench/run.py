@@ -1,0 +1,29 @@
+"""``make bench``: every benchmark script, each writing its section of docs/benchmarks.md.
+
+So far: throughput (P1 proxy vs two socat hops, P2 proxy with lz4 vs the codec's own speed) and
+meta_first (P6 DRBD ping round trip under load through a shaped WAN; needs root).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = ["throughput.py", "meta_first.py"]
+
+
+def main() -> int:
+    failed = []
+    for script in SCRIPTS:
+        print(f"== bench/{script}", flush=True)
+        if subprocess.run([sys.executable, str(HERE / script), *sys.argv[1:]]).returncode:
+            failed.append(script)
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
