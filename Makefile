@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test install venv bench clean
+.PHONY: demo test install venv bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: install
 
 bench: install
 	$(BIN)/python bench/run.py
+
+# 10 minutes of replication through a proxy pair with random faults; prints what happened.
+soak: install
+	$(BIN)/python bench/soak.py --minutes 10
 
 clean:
 	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache
