@@ -130,6 +130,8 @@ class ProxyConnection(Service):
         self.settings = Settings()
         for option, value in spec.options.items():
             self.settings.apply(option, value)
+        self._last_buffer_event = float("-inf")
+        self._buffer_full_reported = False
         self.budget = Budget(self.settings.memlimit, self._bufferFull)
         self.drain = DrainRate()
         self.state = State.CONNECTING
@@ -397,13 +399,23 @@ class ProxyConnection(Service):
         connect_from(self._reactor, host, port, DrbdConnectFactory(stream, retry), source)
 
     def _bufferFull(self, full: bool) -> None:
+        # A saturated link flips this many times a second: one info event per change of
+        # regime (quiet for 10 s before), the rest at debug.
+        now = self._reactor.seconds()
         if full:
-            self._log.info("buffer of {name} full ({buffered} bytes, memlimit {memlimit}):"
-                           " pausing reads from DRBD", name=self.name,
-                           buffered=self.budget.used, memlimit=self.budget.limit)
+            loud = now - self._last_buffer_event >= 10.0
+            self._last_buffer_event = now
+            self._buffer_full_reported = loud
         else:
-            self._log.info("buffer of {name} drained to {buffered} bytes: reading from DRBD again",
-                           name=self.name, buffered=self.budget.used)
+            loud, self._buffer_full_reported = self._buffer_full_reported, False
+        emit = self._log.info if loud else self._log.debug
+        if full:
+            emit("buffer of {name} full ({buffered} bytes, memlimit {memlimit}): pausing reads"
+                 " from DRBD ({pauses} times so far)", name=self.name, buffered=self.budget.used,
+                 memlimit=self.budget.limit, pauses=self.budget.pauses)
+        else:
+            emit("buffer of {name} drained to {buffered} bytes: reading from DRBD again",
+                 name=self.name, buffered=self.budget.used)
 
     def streamAttached(self, stream: Stream) -> None:
         self._log.info("DRBD {kind} socket {peer} of {name} relayed as stream {sid}",
