@@ -25,6 +25,16 @@ from .tls import TlsConfig, TlsError
 DEFAULT_CONTROL = "unix:/run/drbd-proxy/drbd-proxy-ctl.socket:mode=600"
 
 
+class StartupError(SystemExit):
+    """A file or value the daemon cannot start with: one line on stderr and exit status 1.
+
+    (A usage.UsageError would make twistd print its whole option summary first.)
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"drbd-proxy: {message}")
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -75,13 +85,13 @@ class Options(usage.Options):
             try:
                 self["connections"] = load(self["drbd-conf"]).proxy_connections(self["node"])
             except (ConfigError, OSError) as e:
-                raise usage.UsageError(f"--drbd-conf: {e}") from None
+                raise StartupError(f"--drbd-conf: {e}") from None
         self["secret"] = None
         if self["link-secret"]:
             try:
                 self["secret"] = load_secret(self["link-secret"])
             except ValueError as e:
-                raise usage.UsageError(f"--link-secret: {e}") from None
+                raise StartupError(f"--link-secret: {e}") from None
         tls = [self["tls-cert"], self["tls-key"], self["tls-ca"]]
         self["tls"] = None
         if any(tls):
@@ -90,7 +100,7 @@ class Options(usage.Options):
             try:
                 self["tls"] = TlsConfig.from_files(*tls)
             except TlsError as e:
-                raise usage.UsageError(str(e)) from None
+                raise StartupError(str(e)) from None
         if self["manhole"] and not self["manhole-keys"]:
             raise usage.UsageError("--manhole needs --manhole-keys FILE (authorized_keys format)")
         if self["manhole-keys"] and not self["manhole"]:
@@ -102,7 +112,7 @@ class Options(usage.Options):
             if self["metrics"]:
                 self["metrics"] = check_metrics_endpoint(self["metrics"])
         except (ManholeError, MetricsError) as e:
-            raise usage.UsageError(str(e)) from None
+            raise StartupError(str(e)) from None
 
 
 def loopback_by_default(endpoint: str) -> str:

@@ -40,12 +40,14 @@ class TlsConfig:
 
     @classmethod
     def from_files(cls, cert: str, key: str, ca: str) -> TlsConfig:
+        pem = _read(cert, "certificate") + _read(key, "key")
+        ca_pem = _read(ca, "CA certificate")
         try:
-            own = ssl.PrivateCertificate.loadPEM(_read(cert, "certificate") + _read(key, "key"))
+            own = ssl.PrivateCertificate.loadPEM(pem)
         except Exception as e:
             raise TlsError(f"{cert} / {key}: not a matching PEM certificate and key ({e})") from None
         try:
-            authority = ssl.Certificate.loadPEM(_read(ca, "CA certificate"))
+            authority = ssl.Certificate.loadPEM(ca_pem)
         except Exception as e:
             raise TlsError(f"{ca}: not a PEM CA certificate ({e})") from None
         return cls(own, authority)

@@ -29,9 +29,21 @@ def test_a_tcp_control_endpoint_binds_loopback_unless_told_otherwise():
 @pytest.mark.parametrize("argv, needle", [
     (["--manhole", "tcp:6022"], "--manhole-keys"),
     (["--node", "alice"], "--drbd-conf"),
-    (["--drbd-conf", "/nonexistent/drbd.conf"], "drbd.conf"),
+    (["--tls-cert", "a.pem"], "--tls-key"),
 ])
 def test_bad_combinations_are_usage_errors(argv, needle):
-    """Options that need each other, and unreadable files, are refused with a clear message."""
+    """Options that need each other are refused with a message naming the missing one."""
     with pytest.raises(usage.UsageError, match=needle):
         parse(*argv)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--drbd-conf", "/nonexistent/drbd.conf"], "drbd-proxy: --drbd-conf: .*drbd.conf"),
+    (["--link-secret", "/nonexistent/secret"], "drbd-proxy: --link-secret"),
+    (["--tls-cert", "/x.pem", "--tls-key", "/x.key", "--tls-ca", "/ca.pem"], "drbd-proxy: cannot read"),
+])
+def test_unusable_files_are_one_line_startup_errors(argv, needle):
+    """A file the daemon cannot use stops it with exit status 1 and one line naming it."""
+    with pytest.raises(SystemExit, match=needle) as info:
+        parse(*argv)
+    assert "\n" not in str(info.value.code)
