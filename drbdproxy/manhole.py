@@ -41,12 +41,13 @@ from twisted.cred import portal
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ISSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from .endpoints import check_endpoint as _check_endpoint
 
 DEFAULT_ENDPOINT = "tcp:6022:interface=127.0.0.1"
 HOST_KEY_NAME = "manhole_host_ed25519_key"
@@ -63,27 +64,12 @@ class ManholeError(ValueError):
 
 
 # -- configuration checks ------------------------------------------------------------------------
-def endpoint_description(endpoint: str) -> str:
-    """The endpoint string to listen on: a bare port number means that port on loopback."""
-    endpoint = endpoint.strip()
-    if endpoint.isdigit():
-        return f"tcp:{endpoint}:interface=127.0.0.1"
-    return endpoint
-
-
 def check_endpoint(endpoint: str, reactor: Any = None) -> str:
     """The endpoint description, after checking that it parses (it does not listen).
 
     :raises ManholeError: an empty or unparsable endpoint string.
     """
-    description = endpoint_description(endpoint)
-    if not description:
-        raise ManholeError(f"manhole endpoint is empty (e.g. {DEFAULT_ENDPOINT})")
-    try:
-        endpoints.serverFromString(_reactor(reactor), description)
-    except (ValueError, TypeError, KeyError, IndexError) as e:
-        raise ManholeError(f"bad manhole endpoint {endpoint!r}: {e}") from None
-    return description
+    return _check_endpoint(endpoint, "manhole", DEFAULT_ENDPOINT, ManholeError, _reactor(reactor))
 
 
 def load_authorized_keys(path: str) -> list[keys.Key]:

@@ -33,13 +33,13 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector, CollectorRegistry
 from twisted.application import strports
 from twisted.application.service import IService
-from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from . import __version__
+from .endpoints import check_endpoint as _check_endpoint
 
 DEFAULT_ENDPOINT = "tcp:9942:interface=127.0.0.1"
 #: Connection states, as ``ProxyConnection.state`` names them.
@@ -196,29 +196,12 @@ class _QuietSite(Site):
                    peer=request.getClientAddress(), code=request.code)
 
 
-def endpoint_description(endpoint: str) -> str:
-    """The endpoint string to listen on: a bare port number means that port on loopback."""
-    endpoint = endpoint.strip()
-    if endpoint.isdigit():
-        return f"tcp:{endpoint}:interface=127.0.0.1"
-    return endpoint
-
-
 def check_endpoint(endpoint: str, reactor: Any = None) -> str:
     """The endpoint description, after checking that it parses (it does not listen).
 
     :raises MetricsError: an empty or unparsable endpoint string.
     """
-    if reactor is None:
-        from twisted.internet import reactor  # type: ignore[no-redef]
-    description = endpoint_description(endpoint)
-    if not description:
-        raise MetricsError(f"metrics endpoint is empty (e.g. {DEFAULT_ENDPOINT})")
-    try:
-        endpoints.serverFromString(reactor, description)
-    except (ValueError, TypeError, KeyError, IndexError) as e:
-        raise MetricsError(f"bad metrics endpoint {endpoint!r}: {e}") from None
-    return description
+    return _check_endpoint(endpoint, "metrics", DEFAULT_ENDPOINT, MetricsError, reactor)
 
 
 def metrics_service(endpoint: str, registry: Any, reactor: Any = None) -> IService:
