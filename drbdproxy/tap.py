@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import socket
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.python import usage
 
 from .config import ConfigError, ProxyConnectionConfig, load
@@ -50,6 +51,8 @@ class Options(usage.Options):
     optParameters = [
         ["control", "c", DEFAULT_CONTROL,
          "Twisted server endpoint of the control socket (its directory is created)."],
+        ["control-group", None, None,
+         "group allowed to use a unix control socket (it becomes mode 0660, that group's)."],
         ["drbd-conf", None, None,
          "drbd.conf to read at start: add every proxied connection of --node, as"
          " `drbdadm proxy-up all` would."],
@@ -78,6 +81,13 @@ class Options(usage.Options):
         self["control"] = loopback_by_default(self["control"].strip())
         if not self["control"]:
             raise usage.UsageError("--control needs an endpoint, e.g. unix:/run/drbd-proxy/ctl.socket")
+        if self["control-group"]:
+            if _unix_socket_path(self["control"]) is None:
+                raise usage.UsageError("--control-group needs a unix: control endpoint")
+            try:
+                self["control-gid"] = grp.getgrnam(self["control-group"]).gr_gid
+            except KeyError:
+                raise StartupError(f"--control-group: no group {self['control-group']!r}") from None
         if self["node"] and not self["drbd-conf"]:
             raise usage.UsageError("--node only makes sense with --drbd-conf FILE")
         if self["drbd-conf"]:
@@ -116,22 +126,46 @@ class Options(usage.Options):
 
 
 def loopback_by_default(endpoint: str) -> str:
-    """A TCP control endpoint without an interface listens on loopback, never on every address:
-    the control protocol has no authentication of its own."""
-    if endpoint.split(":", 1)[0] in ("tcp", "tcp6") and "interface=" not in endpoint:
-        loopback = "\\:\\:1" if endpoint.startswith("tcp6") else "127.0.0.1"
+    """A control endpoint is private unless told otherwise: the protocol has no authentication.
+
+    TCP without an interface listens on loopback only; a unix socket without a mode is 0600.
+    """
+    kind = endpoint.split(":", 1)[0]
+    if kind in ("tcp", "tcp6") and "interface=" not in endpoint:
+        loopback = "\\:\\:1" if kind == "tcp6" else "127.0.0.1"
         return f"{endpoint}:interface={loopback}"
+    if kind == "unix" and ":mode=" not in endpoint:
+        return f"{endpoint}:mode=600"
     return endpoint
 
 
-def _unix_socket_dir(endpoint: str) -> str | None:
-    """The directory a ``unix:PATH[:opts]`` endpoint's socket lives in, or None for other kinds."""
+def _unix_socket_path(endpoint: str) -> str | None:
+    """The socket path of a ``unix:PATH[:opts]`` endpoint, or None for other kinds."""
     if not endpoint.startswith("unix:"):
         return None
     path = endpoint[len("unix:"):].split(":", 1)[0]
     if path.startswith("address="):
         path = path[len("address="):]
-    return os.path.dirname(path) or None
+    return path
+
+
+def _unix_socket_dir(endpoint: str) -> str | None:
+    """The directory a ``unix:PATH[:opts]`` endpoint's socket lives in, or None for other kinds."""
+    path = _unix_socket_path(endpoint)
+    return (os.path.dirname(path) or None) if path else None
+
+
+class _SocketGroup(Service):
+    """Once the control socket exists, hand it to the configured group (mode 0660)."""
+
+    def __init__(self, path: str, gid: int) -> None:
+        self._path = path
+        self._gid = gid
+
+    def startService(self) -> None:
+        super().startService()
+        os.chown(self._path, -1, self._gid)
+        os.chmod(self._path, 0o660)
 
 
 def makeService(config: Options, reactor: Any = None) -> IService:
@@ -148,6 +182,8 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         os.makedirs(directory, mode=0o755, exist_ok=True)
     # strports raises at start-up if the control socket cannot be bound (one clear error).
     strports.service(config["control"], ControlFactory(registry)).setServiceParent(top)
+    if config.get("control-gid") is not None:
+        _SocketGroup(_unix_socket_path(config["control"]), config["control-gid"]).setServiceParent(top)
     if config["manhole"]:
         try:
             manhole = manhole_service(config["manhole"], config["manhole-keys"],

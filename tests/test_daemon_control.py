@@ -106,3 +106,22 @@ def test_set_loglevel_changes_what_the_daemon_logs(daemon):
     wait_until(lambda: "connection loud added" in "".join(daemon.log), "the debug-level log line")
     assert "connection quiet added" not in "".join(daemon.log)
     assert daemon.ctl("-c", "set loglevel chatty").returncode == 1
+
+
+def test_the_control_socket_is_private_or_for_one_group(tmp_path):
+    """By default the unix control socket is 0600; with --control-group it is 0660, that group's."""
+    import grp
+    import stat
+
+    private = Daemon(tmp_path, "private")
+    try:
+        assert stat.S_IMODE(private.socket.stat().st_mode) == 0o600
+    finally:
+        private.stop()
+    group = grp.getgrnam("daemon")
+    shared = Daemon(tmp_path, "shared", "--control-group", "daemon")
+    try:
+        st = shared.socket.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == group.gr_gid
+    finally:
+        shared.stop()

@@ -23,7 +23,8 @@ def test_a_tcp_control_endpoint_binds_loopback_unless_told_otherwise():
     """`--control tcp:7000` listens on 127.0.0.1 only; an explicit interface is kept."""
     assert parse("--control", "tcp:7000")["control"] == "tcp:7000:interface=127.0.0.1"
     assert loopback_by_default("tcp:7000:interface=10.0.0.1") == "tcp:7000:interface=10.0.0.1"
-    assert loopback_by_default("unix:/run/x.sock") == "unix:/run/x.sock"
+    assert loopback_by_default("unix:/run/x.sock") == "unix:/run/x.sock:mode=600"
+    assert loopback_by_default("unix:/run/x.sock:mode=660") == "unix:/run/x.sock:mode=660"
 
 
 @pytest.mark.parametrize("argv, needle", [
