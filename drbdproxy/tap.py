@@ -16,6 +16,7 @@ from .control.commands import CommandError, parse_command
 from .control.interface import ControlError
 from .control.protocol import ControlFactory
 from .link import load_secret
+from .logs import logger
 from .manhole import ManholeError, load_authorized_keys, manhole_service
 from .manhole import check_endpoint as check_manhole_endpoint
 from .metrics import MetricsError, metrics_service
@@ -155,6 +156,19 @@ def _unix_socket_dir(endpoint: str) -> str | None:
     return (os.path.dirname(path) or None) if path else None
 
 
+class _Ready(Service):
+    """Started last: says the daemon is listening everywhere it should (scripts wait for it)."""
+
+    _log = logger()
+
+    def __init__(self, control: str) -> None:
+        self._control = control
+
+    def startService(self) -> None:
+        super().startService()
+        self._log.info("drbd-proxy ready: control socket {control}", control=self._control)
+
+
 class _SocketGroup(Service):
     """Once the control socket exists, hand it to the configured group (mode 0660)."""
 
@@ -194,6 +208,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         manhole.setServiceParent(top)
     if config["metrics"]:
         metrics_service(config["metrics"], registry, reactor=reactor).setServiceParent(top)
+    _Ready(config["control"]).setServiceParent(top)
     return top
 
 

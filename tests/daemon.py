@@ -23,7 +23,7 @@ class Daemon:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=workdir,
         )
         threading.Thread(target=self._read, daemon=True).start()
-        # The event: twistd logs that the control factory is listening (or the process died).
+        # The event: the daemon logs that it is ready (or the process died).
         if not self._ready.wait(60) or self.proc.poll() is not None:
             self.stop()
             raise AssertionError(f"drbd-proxy did not start: {''.join(self.log)}")
@@ -32,7 +32,7 @@ class Daemon:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.log.append(line)
-            if "ControlFactory starting on" in line:
+            if "drbd-proxy ready" in line:
                 self._ready.set()
         self._ready.set()
 
