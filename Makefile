@@ -26,6 +26,7 @@ test: install
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 bench: install
+	$(BIN)/pip install -q '.[bench]'
 	$(BIN)/python bench/run.py
 
 # 10 minutes of replication through a proxy pair with random faults; prints what happened.

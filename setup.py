@@ -26,6 +26,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "hypothesis"],
+        "bench": ["matplotlib"],
     },
     entry_points={
         "console_scripts": [

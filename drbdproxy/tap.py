@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import grp
 import os
 import socket
@@ -182,9 +183,20 @@ class _SocketGroup(Service):
         os.chmod(self._path, 0o660)
 
 
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives every compression thread its own malloc arena; with buffers churning through
+    them, the process keeps far more memory than it holds. Two arenas keep RSS near memlimit."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def makeService(config: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
+    _limit_malloc_arenas()
     top = MultiService()
     registry = ConnectionRegistry(reactor, meta_first=not config["meta-on-bulk"],
                                   tls=config.get("tls"), link_secret=config.get("secret"))
