@@ -47,6 +47,7 @@ from .link import (
 )
 from .pipeline import Budget, ChunkEncoder, DrainRate
 from .tls import TlsConfig, check_peer
+from .units import address_bytes
 from .relay.links import LinkClientFactory, LinkProtocol, LinkServerFactory
 from .relay.sockets import connect_from, listen_shared
 from .relay.streams import DrbdConnectFactory, DrbdSocket, InsideFactory, Stream
@@ -107,10 +108,6 @@ class Settings:
         return self.options.get("ping-timeout", DEFAULT_PING_TIMEOUT) / 10
 
 
-def _addr_bytes(addr: tuple[str, int]) -> bytes:
-    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-    return socket.inet_pton(family, addr[0]) + addr[1].to_bytes(2, "big")
-
 
 class ProxyConnection(Service):
     """A named child service of the registry: one DRBD connection through the proxy pair."""
@@ -138,7 +135,7 @@ class ProxyConnection(Service):
         self.reconnects = 0
         self.link_rtt_ms: float | None = None
         # The proxy with the lower outside address dials; the other accepts (no crossed links).
-        self.dialer = _addr_bytes(spec.listen_outside) < _addr_bytes(spec.connect_peer_outside)
+        self.dialer = address_bytes(spec.listen_outside) < address_bytes(spec.connect_peer_outside)
         self.control: LinkProtocol | None = None
         self.bulk: LinkProtocol | None = None
         self._session: bytes | None = None
@@ -377,7 +374,7 @@ class ProxyConnection(Service):
         if link is None or link.writer is None:
             return None
         sid = self._ids[link].allocate()
-        stream = Stream(self, link, sid, kind, local_origin=True)
+        stream = Stream(self, link, sid, kind)
         self.streams[(link, sid)] = stream
         link.writer.push(Open(sid, kind, link.side).encode())
         stream.attach(sock)
@@ -385,7 +382,7 @@ class ProxyConnection(Service):
 
     def _peerOpened(self, link: LinkProtocol, frame: Open) -> None:
         """The peer's DRBD opened a socket: open ours to the local DRBD, from the inside IP."""
-        stream = Stream(self, link, frame.stream, frame.kind, local_origin=False)
+        stream = Stream(self, link, frame.stream, frame.kind)
         self.streams[(link, frame.stream)] = stream
         self._connectDrbd(stream, self.spec.listen_inside)
 

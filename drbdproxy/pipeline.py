@@ -19,7 +19,6 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .logs import logger
 from .codecs import RAW_CODEC, Codec, encode_chunk
 from .link import encode_data_header
 
@@ -99,22 +98,29 @@ class Encoded:
     payload: bytes
 
 
+#: Below this a chunk is checksummed on the reactor thread: a thread hop would cost more, and
+#: small chunks are DRBD's meta traffic, which must not wait behind compression work.
+INLINE_LIMIT = 16 << 10
+
+
 def _encode(codec: Codec, data: bytes) -> Encoded:
     crc = zlib.crc32(data)
+    if codec.id == RAW_CODEC.id:
+        return Encoded(0, len(data), crc, data)
     codec_id, payload = encode_chunk(codec, data)
     return Encoded(codec_id, len(data), crc, payload)
 
 
 class ChunkEncoder:
-    """Compresses chunks off the reactor thread; raw chunks are done inline (only a crc32)."""
+    """Compresses and checksums chunks off the reactor thread, except small ones."""
 
     def __init__(self, reactor: Any, threadpool: Any) -> None:
         self._reactor = reactor
         self._pool = threadpool
 
     def encode(self, codec: Codec, data: bytes) -> Deferred[Encoded]:
-        if codec is RAW_CODEC or codec.id == RAW_CODEC.id:
-            return succeed(Encoded(0, len(data), zlib.crc32(data), data))
+        if len(data) < INLINE_LIMIT:
+            return succeed(_encode(codec, data))
         return deferToThreadPool(self._reactor, self._pool, _encode, codec, data)
 
 
@@ -163,12 +169,13 @@ class TokenBucket:
 
 
 class _Entry:
-    __slots__ = ("chunks", "cost", "ready")
+    __slots__ = ("chunks", "cost", "size")
 
     def __init__(self, chunks: list[bytes] | None, cost: int) -> None:
         self.chunks = chunks
         self.cost = cost
-        self.ready = chunks is not None
+        #: Bytes on the wire, known once the frame is ready.
+        self.size = sum(map(len, chunks)) if chunks is not None else 0
 
 
 @implementer(IPushProducer)
@@ -178,8 +185,6 @@ class FrameWriter:
     Frames wait in our own queue (counted in the connection's budget) rather than in the
     transport's buffer, so the transport never holds more than one frame beyond its own limit.
     """
-
-    _log = logger()
 
     def __init__(self, transport: Any, budget: Budget, on_error: Callable[[Failure], None]) -> None:
         self._transport = transport
@@ -230,12 +235,11 @@ class FrameWriter:
         if self._closed:
             return
         header = encode_data_header(stream, enc.codec, enc.raw_length, enc.crc32, len(enc.payload))
-        entry.chunks = [header, enc.payload]
         # Hold what the frame really costs now: the compressed payload, not the raw chunk.
         wire = len(header) + len(enc.payload)
         self._budget.sub(entry.cost - wire)
-        entry.cost = wire
-        entry.ready = True
+        entry.cost = entry.size = wire
+        entry.chunks = [header, enc.payload]
         self._flush()
 
     def _failed(self, failure: Failure) -> None:
@@ -244,21 +248,20 @@ class FrameWriter:
 
     def _flush(self) -> None:
         queue = self._queue
-        while queue and queue[0].ready and not self._paused and not self._closed:
+        while queue and queue[0].chunks is not None and not self._paused and not self._closed:
             entry = queue[0]
             assert entry.chunks is not None
             if self._limiter is not None:
-                wait = self._limiter.delay(sum(len(c) for c in entry.chunks))
+                wait = self._limiter.delay(entry.size)
                 if wait > 0:
                     self._sleep(wait)
                     return
             queue.popleft()
             if len(entry.chunks) == 1:
                 self._transport.write(entry.chunks[0])
-                self.sent += len(entry.chunks[0])
             else:
                 self._transport.writeSequence(entry.chunks)
-                self.sent += sum(len(c) for c in entry.chunks)
+            self.sent += entry.size
             self._budget.sub(entry.cost)
 
     def _sleep(self, wait: float) -> None:

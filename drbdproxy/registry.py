@@ -109,11 +109,7 @@ class ConnectionRegistry(MultiService):
         return self.removeService(self.connection(name))
 
     def set_memlimit(self, name: str, size: int) -> Optional[Iterable[str]]:
-        conn = self.connection(name)
-        conn.settings.memlimit = size
-        conn.settingsChanged()
-        self._log.info("memlimit of {name} set to {size}", name=name, size=size)
-        return None
+        return self.set_option(name, "memlimit", size)
 
     def set_option(self, name: str, option: str, value: int) -> Optional[Iterable[str]]:
         conn = self.connection(name)
@@ -191,8 +187,9 @@ class ConnectionRegistry(MultiService):
                 yield (f"{c.name}: warning: draining the buffer takes {drain:.0f}s, more than"
                        f" DRBD's default ko-count x timeout ({KO_SECONDS}s): DRBD may drop"
                        " the connection; lower memlimit or use on-congestion pull-ahead")
-            if c.out_of_sync():
-                yield (f"{c.name}: DRBD pulled ahead: {c.out_of_sync()} P_OUT_OF_SYNC sent"
+            out_of_sync = c.out_of_sync()
+            if out_of_sync:
+                yield (f"{c.name}: DRBD pulled ahead: {out_of_sync} P_OUT_OF_SYNC sent"
                        " (Ahead/Behind); a resync follows when the buffer drains")
 
     def connections(self, human: bool) -> Iterable[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)[iI]?[bB]?\s*$")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -52,6 +53,12 @@ def parse_address(text: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"bad address {text!r}: port must be 1-65535")
     return str(ip), int(port)
+
+
+def address_bytes(addr: tuple[str, int]) -> bytes:
+    """An address as sockaddr-like bytes (IP, then port): the order DRBD 9 compares addresses in."""
+    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+    return socket.inet_pton(family, addr[0]) + addr[1].to_bytes(2, "big")
 
 
 def format_address(host: str, port: int) -> str:

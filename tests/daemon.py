@@ -119,6 +119,16 @@ class ProxyPair:
              "--peer", f"{ip}:{self.bob_in}", *common],
         )
 
+    def replicate(self, sims, *extra: str) -> tuple[dict, dict]:
+        """Run a primary at alice and a secondary at bob; both must end verified."""
+        primary_args, secondary_args = self.sim_args(*extra)
+        secondary = sims(*secondary_args)
+        primary = sims(*primary_args)
+        (prc, p), (src, s) = primary.report(), secondary.report()
+        assert (prc, src) == (0, 0), (p["error"], s["error"])
+        assert p["verified"] and s["verified"]
+        return p, s
+
     def stop(self) -> None:
         for d in (self.alice, self.bob):
             d.stop()

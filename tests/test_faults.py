@@ -30,14 +30,6 @@ def assert_clean_disconnect(*sims) -> None:
         assert "differs" not in report["error"] and "sequence" not in report["error"]
 
 
-def replicate(pair: ProxyPair, sims, size: str = "16M") -> None:
-    primary_args, secondary_args = pair.sim_args("--size", size)
-    secondary = sims(*secondary_args)
-    primary = sims(*primary_args)
-    (prc, p), (src, s) = primary.report(), secondary.report()
-    assert (prc, src) == (0, 0), (p["error"], s["error"])
-
-
 def start_load(pair: ProxyPair, sims, *extra: str):
     primary_args, secondary_args = pair.sim_args("--size", "1G", "--progress", "0.2", *extra)
     secondary = sims(*secondary_args)
@@ -60,7 +52,7 @@ def test_local_drbd_disconnecting_while_the_buffer_is_full(pair, sims):
         os.kill(secondary.proc.pid, signal.SIGCONT)
     assert_clean_disconnect(secondary)
     wait_until(lambda: pair.stats(pair.alice)["r0-bob-alice.buffered"] == "0", "the buffer to drain")
-    replicate(pair, sims)
+    pair.replicate(sims, "--size", "16M")
 
 
 def test_del_connection_under_load_and_add_again(pair, sims):
@@ -70,7 +62,7 @@ def test_del_connection_under_load_and_add_again(pair, sims):
     assert_clean_disconnect(primary, secondary)
     pair.configure(pair.alice, "set compression {name} on")
     pair.wait_linked()
-    replicate(pair, sims)
+    pair.replicate(sims, "--size", "16M")
 
 
 def test_shutdown_under_load(pair, sims):

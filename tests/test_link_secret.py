@@ -25,11 +25,7 @@ def test_proxies_sharing_a_secret_replicate(tmp_path, sims):
                      bob_args=("--link-secret", secret))
     try:
         pair.wait_linked()
-        primary_args, secondary_args = pair.sim_args("--size", "16M")
-        secondary = sims(*secondary_args)
-        primary = sims(*primary_args)
-        (prc, p), (src, s) = primary.report(), secondary.report()
-        assert (prc, src) == (0, 0), (p["error"], s["error"])
+        p, s = pair.replicate(sims, "--size", "16M")
     finally:
         pair.stop()
 

@@ -33,11 +33,7 @@ def test_replication_over_mutual_tls(tmp_path, sims):
     pair = make_pair(tmp_path, tls_args(ca, "alice", ["127.0.0.1"]), tls_args(ca, "bob", ["127.0.0.1"]))
     try:
         pair.wait_linked()
-        primary_args, secondary_args = pair.sim_args("--size", "32M")
-        secondary = sims(*secondary_args)
-        primary = sims(*primary_args)
-        (prc, p), (src, s) = primary.report(), secondary.report()
-        assert (prc, src) == (0, 0), (p["error"], s["error"])
+        p, s = pair.replicate(sims, "--size", "32M")
     finally:
         pair.stop()
 

@@ -84,11 +84,7 @@ def test_killing_the_peer_proxy_disconnects_cleanly_and_a_restart_recovers(pair,
     pair.bob = Daemon(tmp_path, "bob2")
     pair.configure(pair.bob, "set compression {name} on")
     pair.wait_linked()
-    primary_args, secondary_args = pair.sim_args("--size", "32M")
-    secondary = sims(*secondary_args)
-    primary = sims(*primary_args)
-    (prc, p), (src, s) = primary.report(), secondary.report()
-    assert (prc, src) == (0, 0), (p["error"], s["error"])
+    p, s = pair.replicate(sims, "--size", "32M")
     assert int(pair.stats(pair.alice)["r0-bob-alice.reconnects"]) >= 1
 
 
@@ -112,13 +108,8 @@ def test_bwlimit_never_starves_drbd_pings(tmp_path, sims):
                      "set bwlimit {name} 4M")
     try:
         pair.wait_linked()
-        primary_args, secondary_args = pair.sim_args("--size", "64M", "--protocol", "A")
-        primary_args += ["--ping-timeout", "5"]
-        secondary_args += ["--ping-timeout", "5"]
-        secondary = sims(*secondary_args)
-        primary = sims(*primary_args)
-        (prc, p), (src, s) = primary.report(), secondary.report()
-        assert (prc, src) == (0, 0), (p["error"], s["error"])
+        # The last --ping-timeout wins: 5 s, rather than ProxyPair's default.
+        p, s = pair.replicate(sims, "--size", "64M", "--protocol", "A", "--ping-timeout", "5")
         assert p["pings"] >= 3  # the run lasted a while, and every ping came back in time
         assert int(pair.stats(pair.alice)["r0-bob-alice.buffered_peak"]) >= MEMLIMIT // 2
     finally:

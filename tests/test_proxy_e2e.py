@@ -18,11 +18,7 @@ def pair(tmp_path):
 @pytest.mark.parametrize("protocol", ["A", "C"])
 def test_replicates_256_mib_through_the_proxy_pair(pair, sims, protocol):
     """256 MiB of disk-like data cross alice and bob with lz4, in order and verified."""
-    primary_args, secondary_args = pair.sim_args("--protocol", protocol, "--size", "256M")
-    secondary = sims(*secondary_args)
-    primary = sims(*primary_args)
-    (prc, p), (src, s) = primary.report(), secondary.report()
-    assert (prc, src) == (0, 0), (p["error"], s["error"])
+    p, s = pair.replicate(sims, "--protocol", protocol, "--size", "256M")
     assert p["verified"] and s["verified"] and s["bytes"] == 256 << 20
     stats = pair.stats(pair.alice)
     raw = int(stats["r0-bob-alice.data.to_peer.bytes"])
@@ -63,11 +59,7 @@ def test_ipv6_end_to_end(tmp_path, sims):
     pair = ProxyPair(tmp_path, "set compression {name} on", host="::1")
     try:
         pair.wait_linked()
-        primary_args, secondary_args = pair.sim_args("--size", "16M")
-        secondary = sims(*secondary_args)
-        primary = sims(*primary_args)
-        (prc, p), (src, s) = primary.report(), secondary.report()
-        assert (prc, src) == (0, 0), (p["error"], s["error"])
+        p, s = pair.replicate(sims, "--size", "16M")
         assert "::1" in pair.alice.ctl("show", check=True).stdout
     finally:
         pair.stop()

@@ -58,8 +58,4 @@ def test_a_stalled_peer_proxy_times_out_into_a_clean_disconnect(pair, sims, stal
         rc, report = sim.report()
         assert rc == 1 and "connection lost" in report["error"], report["error"]
     pair.wait_linked()
-    primary_args, secondary_args = pair.sim_args("--size", "16M")
-    secondary = sims(*secondary_args)
-    primary = sims(*primary_args)
-    (prc, p), (src, s) = primary.report(), secondary.report()
-    assert (prc, src) == (0, 0), (p["error"], s["error"])
+    p, s = pair.replicate(sims, "--size", "16M")

@@ -128,12 +128,11 @@ class Stream:
     _log = logger()
 
     def __init__(self, connection: ProxyConnection, link: LinkProtocol, sid: int,
-                 kind: StreamKind, local_origin: bool) -> None:
+                 kind: StreamKind) -> None:
         self.connection = connection
         self.link = link
         self.sid = sid
         self.kind = kind
-        self.local_origin = local_origin
         self.sock: DrbdSocket | None = None
         self.peer: str = "-"
         self._pending: list[bytes] = []

@@ -9,7 +9,6 @@ the next attempt waits a random time, which breaks the symmetry the way DRBD's c
 from __future__ import annotations
 
 import random
-import socket
 from typing import Protocol as TypingProtocol
 
 from twisted.internet import protocol
@@ -19,6 +18,7 @@ from twisted.python.failure import Failure
 from ..drbd.decoder import Packet, PacketDecoder, StreamError
 from ..drbd.header import HeaderVersion, encode_h80, encode_header
 from ..drbd.packets import Cmd, Sock, packet_name, socket_of_initial
+from ..units import address_bytes
 
 
 class SocketOwner(TypingProtocol):
@@ -122,9 +122,8 @@ class _AcceptFactory(protocol.ServerFactory):
 
 
 class _ConnectFactory(protocol.ClientFactory):
-    def __init__(self, owner: SocketOwner, pending: Sock, failed: object) -> None:
+    def __init__(self, owner: SocketOwner, failed: object) -> None:
         self.owner = owner
-        self.pending = pending
         self.failed = failed
 
     def buildProtocol(self, addr: object) -> DrbdSocket:
@@ -134,12 +133,6 @@ class _ConnectFactory(protocol.ClientFactory):
 
     def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
         self.failed(reason)  # type: ignore[operator]
-
-
-def address_bytes(addr: tuple[str, int]) -> bytes:
-    """A sockaddr-like byte string, for DRBD 9's "who opens the data socket" comparison."""
-    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-    return socket.inet_pton(family, addr[0]) + addr[1].to_bytes(2, "big")
 
 
 class Establisher:
@@ -224,7 +217,7 @@ class Establisher:
         if not self.active or self._connecting or self._wantedKind() is None:
             return
         self._connecting = True
-        factory = _ConnectFactory(self._owner, Sock.DATA, self._connectFailed)
+        factory = _ConnectFactory(self._owner, self._connectFailed)
         self._reactor.connectTCP(
             self._peer[0], self._peer[1], factory, timeout=10, bindAddress=(self._listen[0], 0)
         )

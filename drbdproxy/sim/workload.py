@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 import struct
-import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -126,9 +125,6 @@ class Workload:
             return None
         return cls(WORKLOADS[code], seed)
 
-
-def crc(data: bytes) -> int:
-    return zlib.crc32(data)
 
 
 def next_sector(sector: int, size: int, device_sectors: int) -> int:
