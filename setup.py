@@ -21,6 +21,7 @@ setup(
         "automat",
         "zope.interface",
         "lz4>=4",
+        "crc32c>=2.4",  # DATA frame checksums, hardware-accelerated
         "zstandard",
         "prometheus_client>=0.20",
     ],

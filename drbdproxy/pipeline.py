@@ -8,19 +8,18 @@ running blocks the ones behind it) and writes only while the link's transport wa
 
 from __future__ import annotations
 
-import zlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .codecs import RAW_CODEC, Codec, encode_chunk
-from .link import encode_data_header
+from .link import data_checksum, encode_data_header
 
 
 class Budget:
@@ -94,17 +93,17 @@ class Encoded:
 
     codec: int
     raw_length: int
-    crc32: int
+    crc32c: int
     payload: bytes
 
 
-#: Below this a chunk is checksummed on the reactor thread: a thread hop would cost more, and
+#: Below this a chunk is compressed on the reactor thread: a thread hop would cost more, and
 #: small chunks are DRBD's meta traffic, which must not wait behind compression work.
 INLINE_LIMIT = 16 << 10
 
 
 def _encode(codec: Codec, data: bytes) -> Encoded:
-    crc = zlib.crc32(data)
+    crc = data_checksum(data)
     if codec.id == RAW_CODEC.id:
         return Encoded(0, len(data), crc, data)
     codec_id, payload = encode_chunk(codec, data)
@@ -112,15 +111,19 @@ def _encode(codec: Codec, data: bytes) -> Encoded:
 
 
 class ChunkEncoder:
-    """Compresses and checksums chunks off the reactor thread, except small ones."""
+    """Compresses and checksums chunks off the reactor thread, except small and raw ones.
+
+    A raw chunk only needs its CRC-32C (tens of GB/s): a thread hop would cost more than that.
+    """
 
     def __init__(self, reactor: Any, threadpool: Any) -> None:
         self._reactor = reactor
         self._pool = threadpool
 
-    def encode(self, codec: Codec, data: bytes) -> Deferred[Encoded]:
-        if len(data) < INLINE_LIMIT:
-            return succeed(_encode(codec, data))
+    def encode(self, codec: Codec, data: bytes) -> Encoded | Deferred[Encoded]:
+        """The encoded chunk now, or a Deferred firing with it once a worker thread is done."""
+        if codec.id == RAW_CODEC.id or len(data) < INLINE_LIMIT:
+            return _encode(codec, data)
         return deferToThreadPool(self._reactor, self._pool, _encode, codec, data)
 
 
@@ -225,16 +228,19 @@ class FrameWriter:
         self._queue.append(_Entry([data], cost))
         self._flush()
 
-    def pushData(self, stream: int, pending: Deferred[Encoded], raw_cost: int) -> None:
-        """Queue a DATA frame whose payload is still being compressed; order is kept."""
+    def pushData(self, stream: int, encoded: Encoded | Deferred[Encoded], raw_cost: int) -> None:
+        """Queue a DATA frame, ready or still being compressed; order is kept."""
         entry = _Entry(None, raw_cost)
         self._queue.append(entry)
-        pending.addCallbacks(self._encoded, self._failed, callbackArgs=(entry, stream))
+        if isinstance(encoded, Encoded):
+            self._encoded(encoded, entry, stream)
+        else:
+            encoded.addCallbacks(self._encoded, self._failed, callbackArgs=(entry, stream))
 
     def _encoded(self, enc: Encoded, entry: _Entry, stream: int) -> None:
         if self._closed:
             return
-        header = encode_data_header(stream, enc.codec, enc.raw_length, enc.crc32, len(enc.payload))
+        header = encode_data_header(stream, enc.codec, enc.raw_length, enc.crc32c, len(enc.payload))
         # Hold what the frame really costs now: the compressed payload, not the raw chunk.
         wire = len(header) + len(enc.payload)
         self._budget.sub(entry.cost - wire)

@@ -8,7 +8,6 @@ for the handshake machines, and DATA frames whose compressed payload or prefix w
 
 from __future__ import annotations
 
-import zlib
 
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
@@ -55,7 +54,7 @@ from drbdproxy.link import (
     StreamKind,
     Welcome,
 )
-from drbdproxy.link.frames import IMPLEMENTED_FEATURES
+from drbdproxy.link.frames import data_checksum, IMPLEMENTED_FEATURES
 
 FUZZ = settings(
     max_examples=300,
@@ -619,12 +618,12 @@ def established_server() -> LinkDecoder:
 @given(st.sampled_from(CODECS), raw_chunks(), st.data())
 @example(codec=Lz4Codec(), raw=b"abcd" * 64, data=None)  # lz4 carries no checksum of its own
 def test_corrupt_data_frames_never_yield_wrong_bytes(codec, raw, data):
-    """A DATA frame whose payload or prefix (codec, raw_length, crc32) was corrupted: the link
+    """A DATA frame whose payload or prefix (codec, raw_length, crc32c) was corrupted: the link
     decoder refuses it (LinkError), or decode_chunk + Data.verify raise CodecError or
     LinkProtocolError, or they return exactly the original bytes. Never other bytes, never
     another exception."""
     codec_id, payload = encode_chunk(codec, raw)
-    frame = Data(1, codec_id, len(raw), zlib.crc32(raw), payload)
+    frame = Data(1, codec_id, len(raw), data_checksum(raw), payload)
     wire = frame.encode()
     if data is None:  # the explicit example: flip one byte in the middle of the lz4 block
         buf = bytearray(wire)
@@ -646,5 +645,5 @@ def test_corrupt_data_frames_never_yield_wrong_bytes(codec, raw, data):
         event(f"codec {got.codec}: {type(e).__name__}")
         return
     event(f"codec {got.codec}: decoded the original bytes")
-    assert len(out) == got.raw_length and zlib.crc32(out) == got.crc32
-    assert out == raw, "corrupt DATA decoded to other bytes with a matching crc32"
+    assert len(out) == got.raw_length and data_checksum(out) == got.crc32c
+    assert out == raw, "corrupt DATA decoded to other bytes with a matching CRC-32C"

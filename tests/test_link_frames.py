@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import struct
-import zlib
 
 import pytest
 from hypothesis import given, settings
@@ -43,7 +42,7 @@ from drbdproxy.link import (
     encode_data_header,
     frame_header_size,
 )
-from drbdproxy.link.frames import MAX_MESSAGE, MAX_STREAM_ID
+from drbdproxy.link.frames import data_checksum, MAX_MESSAGE, MAX_STREAM_ID
 
 # Codec ids are opaque to the link (drbdproxy.codecs assigns them); these are two of them.
 LZ4, ZSTD = 1, 3
@@ -123,8 +122,8 @@ def test_header_layout_is_big_endian_12_bytes():
 def test_data_header_lets_the_payload_travel_separately():
     """encode_data_header + payload is exactly Data.encode(): the hot path needs no concatenation."""
     raw = random.Random(1).randbytes(5000)
-    frame = Data(5, ZSTD, len(raw) * 2, zlib.crc32(raw), raw)
-    head = encode_data_header(5, ZSTD, len(raw) * 2, zlib.crc32(raw), len(raw))
+    frame = Data(5, ZSTD, len(raw) * 2, data_checksum(raw), raw)
+    head = encode_data_header(5, ZSTD, len(raw) * 2, data_checksum(raw), len(raw))
     assert len(head) == FRAME_HEADER_SIZE + DATA_PREFIX_SIZE
     assert head == frame.header() and head + raw == frame.encode()
 
@@ -132,7 +131,7 @@ def test_data_header_lets_the_payload_travel_separately():
 def test_data_verify_detects_corruption():
     """Data.verify accepts the right raw bytes and raises DATA_CORRUPT on a flipped byte or wrong size."""
     raw = b"block" * 1000
-    frame = Data(1, LZ4, len(raw), zlib.crc32(raw), b"whatever lz4 made of it")
+    frame = Data(1, LZ4, len(raw), data_checksum(raw), b"whatever lz4 made of it")
     frame.verify(raw)
     for bad in (b"blocc" + raw[5:], raw[:-1]):
         with pytest.raises(LinkProtocolError) as info:
@@ -191,7 +190,7 @@ def sample_stream() -> tuple[bytes, list]:
         raw = rng.randbytes(rng.choice([1, 8, 4096, 65536]))
         frames.append(Data.uncompressed(1 if i % 3 else 3, raw))
         if i % 7 == 0:
-            frames.append(Data(1, LZ4, 1 << 20, zlib.crc32(raw), raw))
+            frames.append(Data(1, LZ4, 1 << 20, data_checksum(raw), raw))
             frames.append(Pong(i, i * 1000))
     frames += [Data.uncompressed(2, b"for the server's stream 2"), Close(3), Close(1, CloseReason.RESET, "EPIPE")]
     frames.append(GoAway(GoAwayReason.CONNECTION_REMOVED, "del connection"))

@@ -40,6 +40,7 @@ from .frames import (
     StreamIdsExhausted,
     StreamKind,
     Welcome,
+    data_checksum,
     encode_data_header,
     frame_header_size,
     stream_id_side,
@@ -66,6 +67,6 @@ __all__ = [
     "FrameType", "GoAway", "GoAwayReason", "Hello", "LinkDecoder", "LinkError",
     "LinkProtocolError", "LinkRole", "Lookup", "Open", "Outcome", "Phase", "Ping", "Pong",
     "Reject", "RejectReason", "Rejected", "ServerHandshake", "Side", "StreamIdAllocator",
-    "StreamIdsExhausted", "StreamKind", "Welcome", "encode_data_header", "frame_header_size",
+    "StreamIdsExhausted", "StreamKind", "Welcome", "data_checksum", "encode_data_header", "frame_header_size",
     "negotiate_version", "new_nonce", "new_session", "stream_id_side",
 ]  # fmt: skip

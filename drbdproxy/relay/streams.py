@@ -96,10 +96,6 @@ class InsideAcceptor:
         first, self._first = self._first, b""
         self.stream.drbdData(sock, first)
 
-    def _countWire(self, encoded: Encoded) -> Encoded:
-        self.to_peer_wire += len(encoded.payload)
-        return encoded
-
     def drbdLost(self, sock: DrbdSocket, reason: Failure) -> None:
         if self.stream is not None:
             self.stream.drbdLost(sock, reason)
@@ -207,7 +203,10 @@ class Stream:
         for piece in chunks(data, conn.max_chunk(self.link)):
             conn.budget.add(len(piece))
             encoded = conn.encoder.encode(codec, piece)
-            encoded.addCallback(self._countWire)
+            if isinstance(encoded, Encoded):
+                self._countWire(encoded)
+            else:
+                encoded.addCallback(self._countWire)
             writer.pushData(self.sid, encoded, len(piece))
 
     def _countWire(self, encoded: Encoded) -> Encoded:
