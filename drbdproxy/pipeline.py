@@ -14,12 +14,12 @@ from typing import Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .codecs import RAW_CODEC, Codec, encode_chunk
 from .link import data_checksum, encode_data_header
+from .workers import Workers
 
 
 class Budget:
@@ -116,15 +116,14 @@ class ChunkEncoder:
     A raw chunk only needs its CRC-32C (tens of GB/s): a thread hop would cost more than that.
     """
 
-    def __init__(self, reactor: Any, threadpool: Any) -> None:
-        self._reactor = reactor
-        self._pool = threadpool
+    def __init__(self, workers: Workers) -> None:
+        self._workers = workers
 
     def encode(self, codec: Codec, data: bytes) -> Encoded | Deferred[Encoded]:
         """The encoded chunk now, or a Deferred firing with it once a worker thread is done."""
         if codec.id == RAW_CODEC.id or len(data) < INLINE_LIMIT:
             return _encode(codec, data)
-        return deferToThreadPool(self._reactor, self._pool, _encode, codec, data)
+        return self._workers.submit(_encode, codec, data)
 
 
 class DrainRate:

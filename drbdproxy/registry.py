@@ -7,7 +7,6 @@ from typing import Any, Iterable, Optional
 
 from twisted.application.service import MultiService
 from twisted.internet.error import CannotListenError
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from . import __version__, logs
@@ -19,6 +18,7 @@ from .logs import logger
 from .pipeline import ChunkEncoder
 from .tls import TlsConfig
 from .units import format_address, format_size
+from .workers import Workers
 
 
 
@@ -53,9 +53,8 @@ class ConnectionRegistry(MultiService):
         self._link_secret = link_secret
         self._stopping = False
         # Compression workers: one per core, shared by every connection.
-        self._pool = ThreadPool(minthreads=1, maxthreads=max(2, os.cpu_count() or 2),
-                                name="drbdproxy-codec")
-        self._encoder = ChunkEncoder(reactor, self._pool)
+        self._pool = Workers(reactor, threads=max(2, os.cpu_count() or 2))
+        self._encoder = ChunkEncoder(self._pool)
 
     def startService(self) -> None:
         self._pool.start()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import grp
 import os
 import socket
@@ -17,6 +16,7 @@ from .control.commands import CommandError, parse_command
 from .control.interface import ControlError
 from .control.protocol import ControlFactory
 from .link import load_secret
+from .malloc import tune_malloc
 from .logs import logger
 from .manhole import ManholeError, load_authorized_keys, manhole_service
 from .manhole import check_endpoint as check_manhole_endpoint
@@ -183,33 +183,10 @@ class _SocketGroup(Service):
         os.chmod(self._path, 0o660)
 
 
-#: glibc mallopt() parameters.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
-
-
-def _tune_malloc(arenas: int = 2, mmap_threshold: int = 4 << 20, trim: int = 4 << 20) -> None:
-    """Keep the data path's buffers in reused heap memory.
-
-    - Arenas: glibc gives every compression thread its own arena; with buffers churning through
-      them the process keeps far more memory than it holds. Two keep RSS near memlimit.
-    - Thresholds: every socket read and frame is 64 KiB to 1 MiB. By default glibc serves such
-      blocks from fresh mmap()s or trims the heap top after each free, so every byte relayed
-      first costs a page fault (measured: about a sixth of a proxy's CPU). Blocks below 4 MiB
-      come from the heap, and up to 4 MiB of free heap top is kept for the next read.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_ARENA_MAX, arenas)
-        libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
-        libc.mallopt(_M_TRIM_THRESHOLD, trim)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
-
-
 def makeService(config: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
-    _tune_malloc()
+    tune_malloc()
     top = MultiService()
     registry = ConnectionRegistry(reactor, meta_first=not config["meta-on-bulk"],
                                   tls=config.get("tls"), link_secret=config.get("secret"))

@@ -76,6 +76,7 @@ class LinkProtocol(protocol.Protocol):
     def connectionMade(self) -> None:
         self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
         self.transport.bufferSize = TRANSPORT_BUFFER  # type: ignore[attr-defined]
+        self.transport.SEND_LIMIT = TRANSPORT_BUFFER  # type: ignore[attr-defined]
         self.owner.tuneLinkSocket(self.transport)
         self._handshake_timer = self.owner.clock.callLater(
             self.handshake_timeout, self.fail, "no handshake within"

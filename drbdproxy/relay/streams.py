@@ -54,6 +54,7 @@ class DrbdSocket(protocol.Protocol):
     def connectionMade(self) -> None:
         self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
         self.transport.bufferSize = TRANSPORT_BUFFER  # type: ignore[attr-defined]
+        self.transport.SEND_LIMIT = TRANSPORT_BUFFER  # type: ignore[attr-defined]
         self.handler.drbdConnected(self)
 
     def dataReceived(self, data: bytes) -> None:

@@ -8,6 +8,7 @@ import sys
 from typing import Any, NoReturn, Sequence
 
 from ..drbd.payloads import WireProtocol
+from ..malloc import tune_malloc
 from ..units import parse_address, parse_size
 from .config import SimConfig
 from .workload import MAX_BLOCK, STAMP, WORKLOADS
@@ -145,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser = build_parser()
     args = parser.parse_args(argv)
     config = config_from_args(args, parser)
+    tune_malloc()
 
     from twisted.internet import reactor
     from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate

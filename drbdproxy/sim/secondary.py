@@ -86,7 +86,7 @@ class SecondaryVerifier:
     def _write(self, packet: Packet) -> None:
         stats = self._stats
         head = DataHeader.unpack(packet.payload)
-        block = packet.payload[DataHeader.SIZE :]
+        block = memoryview(packet.payload)[DataHeader.SIZE :]  # checked in place, not copied
         index = stats.writes
         where = f"write #{index + 1} (sector {head.sector}, {len(block)} bytes)"
         if head.seq_num != index + 1:

@@ -20,6 +20,9 @@ from ..drbd.header import HeaderVersion, encode_h80, encode_header
 from ..drbd.packets import Cmd, Sock, packet_name, socket_of_initial
 from ..units import address_bytes
 
+#: Read size and write-buffer mark of a simulated DRBD socket.
+SOCKET_BUFFER = 512 << 10
+
 
 class SocketOwner(TypingProtocol):
     def socketMade(self, sock: DrbdSocket) -> None: ...
@@ -52,6 +55,8 @@ class DrbdSocket(protocol.Protocol):
     def connectionMade(self) -> None:
         self.connected = True
         self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        # Like DRBD's own socket buffers: many blocks per reactor turn, not one 64 KiB at a time.
+        self.transport.bufferSize = SOCKET_BUFFER  # type: ignore[attr-defined]
         self.owner.socketMade(self)
 
     def announce(self, kind: Sock) -> None:
