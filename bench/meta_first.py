@@ -12,6 +12,7 @@ Usage (root): .venv/bin/python bench/meta_first.py [--runs 3] [--rate 100mbit] [
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -28,6 +29,8 @@ sys.path.insert(0, str(HERE))
 from results import write_section  # noqa: E402
 
 PORTS = dict(drbd=7789, inside=7788, outside=7790)
+#: Seconds between the sims' P_PINGs.
+PING_INT = 0.2
 
 
 def _site(wan_exec, workdir, name, own_ip, peer_ip, extra):
@@ -51,7 +54,7 @@ def one_run(rate: str, sim_extra: list[str], daemon_extra: list[str]) -> dict:
                 wait_until(lambda d=d: "ProxyConnected" in d.ctl("list", "connections").stdout,
                            "link up")
             addr, inside = f"127.0.0.1:{PORTS['drbd']}", f"127.0.0.1:{PORTS['inside']}"
-            common = ["--connect-timeout", "60", "--ping-timeout", "30", "--ping-int", "0.2",
+            common = ["--connect-timeout", "60", "--ping-timeout", "30", "--ping-int", str(PING_INT),
                       "--protocol", "A", "--listen", addr, "--peer", inside, *sim_extra]
             secondary = SimProcess(["--role", "secondary", *common], wan.exec_b)
             primary = SimProcess(["--role", "primary", *common], wan.exec_a)
@@ -71,6 +74,7 @@ def main() -> int:
     parser.add_argument("--rate", default="100mbit", help="tbf rate of the WAN link")
     parser.add_argument("--size", default="96M", help="bytes written in the loaded runs")
     parser.add_argument("--out", default=str(HERE.parent / "docs" / "benchmarks.md"))
+    parser.add_argument("--img-dir", default=str(HERE.parent / "docs" / "img"))
     args = parser.parse_args()
     if wan_available():
         print(f"skipped: {wan_available()}")
@@ -107,9 +111,41 @@ def main() -> int:
         f"Without meta-first: {medians['loaded, --meta-on-bulk'] - idle:+.2f} ms.",
         "", f"Command: `{' '.join(sys.argv)}`",
     ])
+    image = plot_rtt(results, Path(args.img_dir), args.rate)
+    if image is not None:
+        body += f"\n\n![ping round trip over time]({os.path.relpath(image, Path(args.out).parent)})"
     print(body)
     write_section(Path(args.out), "meta-first", "P6: DRBD ping round trip under load", body)
     return 0
+
+
+def plot_rtt(results: dict[str, list[dict]], img_dir: Path, rate: str) -> Path | None:
+    """Every ping's round trip over the run, per setup (its median run by p50), on a log scale."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no ping RTT plot (pip install '.[bench]')")
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, reports in results.items():
+        ranked = sorted(reports, key=lambda r: r["ping_rtt_ms"]["p50"])
+        samples = ranked[len(ranked) // 2].get("ping_rtt_samples_ms", [])
+        ax.plot([i * PING_INT for i in range(len(samples))], samples, marker=".", linewidth=0.8,
+                label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds since the first ping")
+    ax.set_ylabel("P_PING round trip, ms (log)")
+    ax.set_title(f"DRBD ping round trip, buffer full, tbf {rate} WAN")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    img_dir.mkdir(parents=True, exist_ok=True)
+    path = img_dir / "meta-first-ping-rtt.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":

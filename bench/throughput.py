@@ -1,21 +1,25 @@
 #!/usr/bin/env python3
 """Goodput benchmark for SPEC section 5, targets P1 and P2.
 
-Runs drbd-sim (protocol A, 64 KiB writes) as the load over four paths, all measured in the same
+Runs drbd-sim (protocol A, 64 KiB writes) as the load over six paths, all measured in the same
 run on loopback:
 
 1. ``direct``     -- primary and secondary connect to each other;
 2. ``socat x2``   -- two ``socat -b 131072`` hops per direction of TCP connects;
-3. ``proxy off``  -- a drbd-proxy pair (alice, bob), compression off, random (incompressible) data;
-4. ``proxy lz4``  -- the same pair with ``set compression NAME on`` (lz4), disk-like data;
+3. ``haproxy x2`` -- two single-threaded haproxy processes in TCP mode, one hop of each direction
+   each;
+4. ``proxy off``  -- a drbd-proxy pair (alice, bob), compression off, random (incompressible) data;
+5. ``proxy lz4``  -- the same pair with ``set compression NAME on`` (lz4), disk-like data;
+6. ``proxy zstd`` -- the same with ``set compression NAME 3`` (zstd level 3), disk-like data;
 
-plus the single-thread ``lz4.block`` compress speed on the same disk-like data, in this process.
-P1 = proxy off / socat x2, P2 = proxy lz4 / lz4 codec speed (medians). Goodput is what the
-secondary reports (``mb_per_s`` = bytes / duration, MB = 10^6 bytes). Runs are interleaved
-round-robin over the setups, each run with fresh relays or daemons, so slow drift of this noisy
-VM spreads over all setups instead of biasing one.
+plus the single-thread ``lz4.block`` and zstd level 3 compress speeds on the same disk-like data,
+in this process. P1 = proxy off / socat x2, P2 = proxy lz4 / lz4 codec speed (medians); proxy off
+/ haproxy x2 and proxy zstd / zstd speed are shown for comparison. Goodput is what the secondary
+reports (``mb_per_s`` = bytes / duration, MB = 10^6 bytes). Runs are interleaved round-robin over
+the setups, each run with fresh relays or daemons, so slow drift of this noisy VM spreads over
+all setups instead of biasing one. A bar chart goes to ``--img-dir``/throughput-goodput.png.
 
-    .venv/bin/python bench/throughput.py [--size 256M] [--runs 3] [--out docs/benchmarks.md]
+    .venv/bin/python bench/throughput.py [--size 512M] [--runs 3] [--out docs/benchmarks.md]
 
 The markdown section between ``<!-- throughput:begin -->`` and ``<!-- throughput:end -->`` of
 ``--out`` is replaced (the file is created if missing); the table is printed too.
@@ -44,6 +48,7 @@ from typing import Callable, Iterator
 
 import lz4
 import lz4.block
+import zstandard
 
 from drbdproxy.sim.workload import Workload
 from drbdproxy.units import parse_size
@@ -162,13 +167,13 @@ def ctl(sock: Path, *commands: str) -> subprocess.CompletedProcess[str]:
 # --- the setups: each yields the Endpoints for one sim run and stops what it started ---------
 
 @contextlib.contextmanager
-def direct(procs: Processes, compression: bool) -> Iterator[Endpoints]:
+def direct(procs: Processes, compression: str | None) -> Iterator[Endpoints]:
     a, b = free_ports(2)
     yield Endpoints(a, b, a_peer=b, b_peer=a)
 
 
 @contextlib.contextmanager
-def socat_hops(procs: Processes, compression: bool) -> Iterator[Endpoints]:
+def socat_hops(procs: Processes, compression: str | None) -> Iterator[Endpoints]:
     """Two chains: A's peer s1 -> s2 -> B's listen, and B's peer s3 -> s4 -> A's listen."""
     a, b, s1, s2, s3, s4 = free_ports(6)
     started = []
@@ -185,8 +190,12 @@ def socat_hops(procs: Processes, compression: bool) -> Iterator[Endpoints]:
             procs.stop(proc)
 
 
+#: ``set compression NAME WORD`` per plugin: ``on`` is lz4, a number is that zstd level.
+COMPRESSION_WORDS = {"lz4": "on", "zstd": "3"}
+
+
 @contextlib.contextmanager
-def proxy_pair(procs: Processes, compression: bool) -> Iterator[Endpoints]:
+def proxy_pair(procs: Processes, compression: str | None) -> Iterator[Endpoints]:
     """Daemons alice (primary side) and bob (secondary side), linked on loopback."""
     a_drbd, a_in, a_out, b_drbd, b_in, b_out = free_ports(6)
     sides = {"alice": ("r0-bob-alice", (a_in, b_out, a_out, a_drbd)),
@@ -204,7 +213,8 @@ def proxy_pair(procs: Processes, compression: bool) -> Iterator[Endpoints]:
             if proc.poll() is not None:
                 raise RuntimeError(f"{side} daemon exited with status {proc.returncode}")
             add = f"add connection {name} " + " ".join(f"{IP}:{p}" for p in ports)
-            out = ctl(sock, add, f"set compression {name} {'on' if compression else 'off'}")
+            word = COMPRESSION_WORDS[compression] if compression else "off"
+            out = ctl(sock, add, f"set compression {name} {word}")
             if out.returncode != 0:
                 raise RuntimeError(f"{side}: drbd-proxy-ctl failed: {out.stderr.strip()}")
         for _, sock in started:
@@ -228,11 +238,45 @@ def proxy_pair(procs: Processes, compression: bool) -> Iterator[Endpoints]:
             procs.stop(proc)
 
 
-SETUPS = [  # name, workload, setup, compression
-    ("direct", "random", direct, False),
-    ("socat x2", "random", socat_hops, False),
-    ("proxy off", "random", proxy_pair, False),
-    ("proxy lz4", "disk", proxy_pair, True),
+HAPROXY_CONFIG = """global
+    nbthread 1
+    maxconn 100
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+"""
+
+
+@contextlib.contextmanager
+def haproxy_hops(procs: Processes, compression: str | None) -> Iterator[Endpoints]:
+    """Like socat_hops with two single-threaded haproxy processes: the first one carries both
+    directions' first hop (s1 -> s2, s3 -> s4), the second both last hops (s2 -> B, s4 -> A)."""
+    a, b, s1, s2, s3, s4 = free_ports(6)
+    started = []
+    try:
+        for name, routes in (("haproxy1", ((s1, s2), (s3, s4))), ("haproxy2", ((s2, b), (s4, a)))):
+            config = HAPROXY_CONFIG + "".join(
+                f"listen hop{port}\n    bind {IP}:{port}\n    server next {IP}:{target}\n"
+                for port, target in routes)
+            path = procs.logdir / f"{name}.cfg"
+            path.write_text(config)
+            started.append(procs.start(name, ["haproxy", "-db", "-f", str(path)]))
+        wait_for(lambda: {s1, s2, s3, s4} <= listening_ports(), "haproxy to listen")
+        yield Endpoints(a, b, a_peer=s1, b_peer=s3)
+    finally:
+        for proc in started:
+            procs.stop(proc)
+
+
+SETUPS = [  # name, workload, setup, compression (a plugin, or None: off)
+    ("direct", "random", direct, None),
+    ("socat x2", "random", socat_hops, None),
+    ("haproxy x2", "random", haproxy_hops, None),
+    ("proxy off", "random", proxy_pair, None),
+    ("proxy lz4", "disk", proxy_pair, "lz4"),
+    ("proxy zstd", "disk", proxy_pair, "zstd"),
 ]
 
 
@@ -275,20 +319,28 @@ def tail(path: Path, lines: int = 3) -> str:
     return ""
 
 
-def lz4_speed(runs: int, total: int = 64 << 20) -> tuple[list[float], float]:
-    """Single-thread lz4.block fast compress speed (MB/s of input) per pass over ``total`` bytes
-    of disk-like 64 KiB blocks, after one warm-up pass; and the compression ratio."""
+def codec_speeds(runs: int, total: int = 64 << 20) -> dict[str, tuple[list[float], float]]:
+    """Single-thread compress speed (MB/s of input) per pass over ``total`` bytes of disk-like
+    64 KiB blocks, after one warm-up pass, with the compression ratio: lz4.block fast mode
+    (acceleration 1, what ``compression on`` uses) and zstd level 3."""
     wl = Workload("disk")
     chunks = [wl.block(i, i * 128, CHUNK) for i in range(total // CHUNK)]
-    compress = lz4.block.compress
-    out_bytes = sum(len(compress(c, mode="fast", acceleration=1, store_size=False)) for c in chunks)
-    speeds = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        for c in chunks:
-            compress(c, mode="fast", acceleration=1, store_size=False)
-        speeds.append(total / (time.perf_counter() - t0) / 1e6)
-    return speeds, total / out_bytes
+    zstd = zstandard.ZstdCompressor(level=3)
+    compressors = {
+        "lz4": lambda c: lz4.block.compress(c, mode="fast", acceleration=1, store_size=False),
+        "zstd": zstd.compress,
+    }
+    result = {}
+    for name, compress in compressors.items():
+        out_bytes = sum(len(compress(c)) for c in chunks)
+        speeds = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            for c in chunks:
+                compress(c)
+            speeds.append(total / (time.perf_counter() - t0) / 1e6)
+        result[name] = (speeds, total / out_bytes)
+    return result
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -316,7 +368,8 @@ def fmt(values: list[float]) -> tuple[str, str]:
     return f"{statistics.median(values):.0f}", f"{min(values):.0f}–{max(values):.0f}"
 
 
-def render(results: list[Result], codec: tuple[list[float], float], args, facts: list[str]) -> str:
+def render(results: list[Result], codecs: dict[str, tuple[list[float], float]], args,
+           facts: list[str], image: Path | None) -> str:
     """The markdown section, markers included."""
     rows = ["| setup | workload | verified runs | goodput median MB/s | min–max MB/s | "
             "median duration s | note |", "|---|---|---|---|---|---|---|"]
@@ -328,34 +381,81 @@ def render(results: list[Result], codec: tuple[list[float], float], args, facts:
         dur = f"{statistics.median(durations):.2f}" if durations else "—"
         ok = sum(x.ok for x in r.runs)
         rows.append(f"| {r.name} | {r.workload} | {ok}/{len(r.runs)} | {med} | {rng} | {dur} | {note} |")
-    speeds, ratio = codec
-    med, rng = fmt(speeds)
-    rows.append(f"| lz4.block compress, 1 thread | disk | passes: {len(speeds)} | {med} | {rng} | "
-                f"| ratio {ratio:.2f}, 64 MiB in 64 KiB blocks |")
+    for name, (speeds, ratio) in codecs.items():
+        med, rng = fmt(speeds)
+        rows.append(f"| {CODEC_LABELS[name]} | disk | passes: {len(speeds)} | {med} | {rng} | "
+                    f"| ratio {ratio:.2f}, 64 MiB in 64 KiB blocks |")
     by_name = {r.name: r.goodputs() for r in results}
 
     def ratio_row(key: str, label: str, num: list[float], den: list[float]) -> str:
-        target, goal = TARGETS[key]
+        target, goal = TARGETS.get(key, (None, None))
         if not num or not den:
-            return f"| {key} | {label} | — | ≥ {target} | ≥ {goal} | no verified runs |"
+            return f"| {key} | {label} | — | | | no verified runs |"
         value = statistics.median(num) / statistics.median(den)
+        if target is None:
+            return f"| {key} | {label} | {value:.2f} | | | for comparison |"
         verdict = "meets goal" if value >= goal else "meets target" if value >= target else "MISSES target"
         return f"| {key} | {label} | {value:.2f} | ≥ {target} | ≥ {goal} | {verdict} |"
 
     ratios = ["| # | ratio of medians | value | target | goal | result |", "|---|---|---|---|---|---|",
               ratio_row("P1", "proxy off / socat x2", by_name["proxy off"], by_name["socat x2"]),
-              ratio_row("P2", "proxy lz4 / lz4.block compress", by_name["proxy lz4"], speeds)]
+              ratio_row("P2", "proxy lz4 / lz4.block compress", by_name["proxy lz4"],
+                        codecs["lz4"][0]),
+              ratio_row("—", "proxy off / haproxy x2", by_name["proxy off"], by_name["haproxy x2"]),
+              ratio_row("—", "proxy zstd / zstd compress", by_name["proxy zstd"],
+                        codecs["zstd"][0])]
     failures = [f"- {r.name} run {i + 1}: {x.error}" for r in results
                 for i, x in enumerate(r.runs) if not x.ok]
+    plot = [f"![goodput per setup]({os.path.relpath(image, args.out.parent)})", ""] if image else []
     return "\n".join([
         BEGIN, "## Throughput (P1, P2)", "",
         f"drbd-sim primary → secondary, protocol A, 64 KiB writes, {args.size} per run, "
         f"{args.runs} runs per setup interleaved round-robin, fresh relays/daemons per run. "
         "Goodput = the secondary's bytes / duration, MB = 10⁶ bytes. `socat x2` = two "
-        "`socat -b 131072` hops per direction; `proxy` = a drbd-proxy pair on loopback.", "",
-        *rows, "", *ratios, "",
+        "`socat -b 131072` hops per direction; `haproxy x2` = two single-threaded haproxy "
+        "processes in TCP mode, each one hop of both directions; `proxy` = a drbd-proxy pair on "
+        "loopback (`compression on` = lz4, `compression 3` = zstd level 3). All of them share "
+        "the machine's 2 cores with the two drbd-sim processes.", "",
+        *rows, "", *ratios, "", *plot,
         "Failed runs: " + ("none" if not failures else ""), *failures, "",
         *(f"- {f}" for f in facts), END, ""])
+
+
+CODEC_LABELS = {"lz4": "lz4.block compress, 1 thread", "zstd": "zstd level 3 compress, 1 thread"}
+
+
+def plot_goodput(results: list[Result], codecs: dict[str, tuple[list[float], float]],
+                 img_dir: Path) -> Path | None:
+    """Bars: the median goodput of every setup and codec reference, min–max as error bars."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no goodput plot (pip install '.[bench]')")
+        return None
+    bars = [(r.name, r.goodputs(), "tab:blue" if r.name.startswith("proxy") else "tab:gray")
+            for r in results]
+    bars += [(CODEC_LABELS[n].replace(" compress, 1 thread", "\n1 thread"), v[0], "tab:orange")
+             for n, v in codecs.items()]
+    bars = [b for b in bars if b[1]]
+    medians = [statistics.median(v) for _, v, _ in bars]
+    low = [m - min(v) for m, (_, v, _) in zip(medians, bars)]
+    high = [max(v) - m for m, (_, v, _) in zip(medians, bars)]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.bar([b[0] for b in bars], medians, yerr=[low, high], capsize=4, color=[b[2] for b in bars])
+    for x, m in enumerate(medians):
+        ax.annotate(f"{m:.0f}", (x, m), ha="center", va="bottom", fontsize=8,
+                    xytext=(0, 3), textcoords="offset points")
+    ax.set_ylabel("MB/s (median, min–max)")
+    ax.set_title("Goodput on loopback, 2 cores shared with the drbd-sim pair")
+    ax.tick_params(axis="x", labelsize=8)
+    img_dir.mkdir(parents=True, exist_ok=True)
+    path = img_dir / "throughput-goodput.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def write_section(path: Path, section: str) -> None:
@@ -374,9 +474,10 @@ def write_section(path: Path, section: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="256M", help="bytes per run, k/M/G (default 256M)")
+    parser.add_argument("--size", default="512M", help="bytes per run, k/M/G (default 512M)")
     parser.add_argument("--runs", type=int, default=3, help="runs per setup (default 3)")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--img-dir", type=Path, default=Path("docs/img"))
     parser.add_argument("--keep-logs", action="store_true", help="keep the log directory")
     args = parser.parse_args(argv)
     size = parse_size(args.size)
@@ -385,8 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally below runs
 
     facts = machine_facts()
-    print(f"lz4.block compress speed ({args.runs} passes over 64 MiB) ...", flush=True)
-    codec = lz4_speed(max(args.runs, 1))
+    print(f"lz4 and zstd compress speed ({args.runs} passes over 64 MiB) ...", flush=True)
+    codecs = codec_speeds(max(args.runs, 1))
     results = [Result(name, workload) for name, workload, _, _ in SETUPS]
     logroot = Path(tempfile.mkdtemp(prefix="drbdproxy-bench-"))
     procs = Processes(logroot)
@@ -411,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         procs.stop_all()
-    section = render(results, codec, args, facts)
+    image = plot_goodput(results, codecs, args.img_dir)
+    section = render(results, codecs, args, facts, image)
     write_section(args.out, section)
     print("\n" + section)
     failed = any(not x.ok for r in results for x in r.runs)

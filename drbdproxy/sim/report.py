@@ -61,6 +61,8 @@ def build_report(
         "write_latency_ms": percentiles(stats.write_latency),
         "ping_rtt_ms": percentiles(stats.ping_rtt),
         "pings": len(stats.ping_rtt),
+        # Every round trip in order (ms), so a run's pings can be plotted over time.
+        "ping_rtt_samples_ms": [round(rtt * 1000, 3) for rtt in stats.ping_rtt],
         "packets_sent": dict(sorted(stats.packets_sent.items())),
         "packets_received": dict(sorted(stats.packets_received.items())),
         **extra,
