@@ -233,13 +233,16 @@ def test_random_chunking_matches_one_shot(sizes):
 
 
 def test_decoded_payloads_stay_valid_after_later_feeds():
-    """DATA payloads are independent bytes: later feeds reusing the buffer do not change them."""
+    """DATA payloads are read-only views of immutable received bytes: later feeds, including one
+    that completes a frame straddling reads, never change a payload handed out earlier."""
     decoder = established(Side.SERVER, (1,))
-    first = Data.uncompressed(1, b"A" * 1000)
-    wire = first.encode() + Data.uncompressed(1, b"B" * 1000).encode()
+    wire = b"".join(Data.uncompressed(1, bytes([c]) * 1000).encode() for c in b"ABC")
     (got,) = decoder.feed(wire[:1500])
-    decoder.feed(wire[1500:])
-    assert isinstance(got.payload, bytes) and got.payload == b"A" * 1000
+    (second,) = decoder.feed(wire[1500:2500])
+    (third,) = decoder.feed(wire[2500:])
+    for frame, byte in ((got, b"A"), (second, b"B"), (third, b"C")):
+        payload = memoryview(frame.payload)
+        assert payload.readonly and payload == byte * 1000
 
 
 # --- errors: reported once, at the right offset, and the decoder stays failed ----------------

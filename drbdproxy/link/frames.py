@@ -509,7 +509,8 @@ class Data:
     codec: int
     raw_length: int
     crc32c: int
-    payload: bytes
+    #: A decoder hands out a read-only view of the bytes it received (no copy).
+    payload: bytes | memoryview
 
     TYPE: ClassVar[FrameType] = FrameType.DATA
 

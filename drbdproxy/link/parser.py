@@ -149,52 +149,63 @@ class LinkDecoder:
         self._allowed = _ALLOWED[(self.side, self.phase)]
         self._peer_side = Side.SERVER if self.side is Side.CLIENT else Side.CLIENT
         self._last_peer_stream = 0  # highest stream id the peer has OPENed
-        self._buf = bytearray()
-        self._consumed = 0  # link offset of _buf[0], for error reports
+        #: The start of an incomplete frame, as received (immutable bytes or views of them).
+        self._parts: list[bytes | memoryview] = []
+        self._held = 0
+        #: Bytes the frame at the start of ``_parts`` needs before parsing can go on.
+        self._need = FRAME_HEADER_SIZE
+        self._consumed = 0  # link offset of the first byte held, for error reports
 
     @property
     def buffered(self) -> int:
         """Bytes held that do not yet form a whole frame."""
-        return len(self._buf)
+        return self._held
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame | LinkError]:
+        """The frames (then at most one LinkError) that ``data`` completes.
+
+        Received bytes are never copied into a buffer of our own: frames are parsed straight
+        out of ``data``, an incomplete tail is kept as a view of it, and the pieces of a frame
+        that straddles reads are joined once, when it is complete. DATA payloads are read-only
+        views of those immutable bytes: decompressing one copies nothing more.
+        """
         if self.failed is not None:
             return []
-        # With nothing left over from the last feed, frames are parsed straight out of ``data``
-        # and only an incomplete tail is kept: one copy fewer of every byte on the hot path.
-        if self._buf:
-            self._buf += data
-            buf: bytes | bytearray = self._buf
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        if self._held:
+            self._parts.append(data)
+            self._held += len(data)
+            if self._held < self._need:
+                return []
+            buf = b"".join(self._parts)
+            self._parts, self._held = [], 0
         else:
-            buf = bytes(data) if not isinstance(data, bytes) else data
+            buf = data
         frames: list[Frame | LinkError] = []
-        off = 0
+        off, size = 0, len(buf)
+        self._need = FRAME_HEADER_SIZE
         try:
-            while len(buf) - off >= FRAME_HEADER_SIZE:
+            while size - off >= FRAME_HEADER_SIZE:
                 ftype, stream, length = self._check_header(buf, off)
-                start = off + FRAME_HEADER_SIZE
-                end = start + length
-                if end > len(buf):
+                end = off + FRAME_HEADER_SIZE + length
+                if end > size:
+                    self._need = end - off
                     break
-                frame = self._decode(ftype, stream, buf, start, end)
+                frame = self._decode(ftype, stream, buf, off + FRAME_HEADER_SIZE, end)
                 frames.append(frame)
                 off = end
                 self._after(frame)
         except _Violation as v:
             self.failed = LinkError(v.code, v.message, self._consumed + off)
             frames.append(self.failed)
-            self._buf = bytearray()
             return frames
         self._consumed += off
-        if buf is self._buf:
-            if off:
-                # One prefix deletion per feed (CPython just moves the bytearray's start).
-                del self._buf[:off]
-        elif off < len(buf):
-            self._buf = bytearray(buf[off:])
+        if off < size:
+            self._parts, self._held = [memoryview(buf)[off:] if off else buf], size - off
         return frames
 
-    def _check_header(self, buf: bytes | bytearray, off: int) -> tuple[FrameType, int, int]:
+    def _check_header(self, buf: bytes, off: int) -> tuple[FrameType, int, int]:
         magic, ftype, flags, stream, length = HEADER.unpack_from(buf, off)
         if magic != MAGIC:
             raise _Violation(_PROTOCOL, f"bad frame magic 0x{magic:04x}")
@@ -241,17 +252,11 @@ class LinkDecoder:
         if ftype is not FrameType.OPEN and stream > self._last_peer_stream:
             raise _Violation(_STREAM, f"{ftype.name} on stream {stream}, never opened")
 
-    def _decode(self, ftype: FrameType, stream: int, buf: bytes | bytearray, start: int,
-                end: int) -> Frame:
+    def _decode(self, ftype: FrameType, stream: int, buf: bytes, start: int, end: int) -> Frame:
         try:
             if ftype is FrameType.DATA:
                 codec, raw_length, crc = DATA_PREFIX.unpack_from(buf, start)
-                # One copy out of the buffer into an immutable bytes the caller may keep.
-                if isinstance(buf, bytes):
-                    payload = buf[start + DATA_PREFIX_SIZE : end]
-                else:
-                    with memoryview(buf) as view:
-                        payload = view[start + DATA_PREFIX_SIZE : end].tobytes()
+                payload = memoryview(buf)[start + DATA_PREFIX_SIZE : end]  # no copy: buf is immutable
                 return Data(stream, codec, raw_length, crc, payload)
             return FRAME_DECODERS[ftype](stream, bytes(buf[start:end]))
         except (ValueError, struct.error, IndexError) as e:
