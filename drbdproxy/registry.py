@@ -7,6 +7,7 @@ from typing import Any, Iterable, Optional
 
 from twisted.application.service import MultiService
 from twisted.internet.error import CannotListenError
+from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
 from . import __version__, logs
@@ -15,10 +16,14 @@ from .connection import ProxyConnection
 from .control.commands import ConnectionSpec
 from .control.interface import ControlError, IProxyControl
 from .logs import logger
+from .malloc import HeapTrimmer, trim_heap
 from .pipeline import ChunkEncoder
 from .tls import TlsConfig
 from .units import format_address, format_size
 from .workers import Workers
+
+#: Seconds between looks at whether drained buffers should go back to the kernel.
+TRIM_INTERVAL = 2.0
 
 
 
@@ -55,12 +60,23 @@ class ConnectionRegistry(MultiService):
         # Compression workers: one per core, shared by every connection.
         self._pool = Workers(reactor, threads=max(2, os.cpu_count() or 2))
         self._encoder = ChunkEncoder(self._pool)
+        self._trimmer = HeapTrimmer()
+        self._trim_loop = LoopingCall(self._maybeTrimHeap)
+        self._trim_loop.clock = reactor
 
     def startService(self) -> None:
         self._pool.start()
+        self._trim_loop.start(TRIM_INTERVAL, now=False)
         super().startService()
 
+    def _maybeTrimHeap(self) -> None:
+        held = sum(c.budget.used for c in self.connections_by_name)
+        if self._trimmer.observe(held):
+            trim_heap()
+
     def stopService(self) -> Any:
+        if self._trim_loop.running:
+            self._trim_loop.stop()
         d = super().stopService()
         d.addBoth(lambda result: (self._pool.stop(), result)[1])
         return d

@@ -1,0 +1,53 @@
+"""Heap tuning: drained buffers go back to the kernel after a burst, not while the proxy is busy."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.application.service import Service
+from twisted.internet.task import Clock
+
+from drbdproxy import registry as registry_module
+from drbdproxy.malloc import HeapTrimmer, trim_heap
+from drbdproxy.pipeline import Budget
+from drbdproxy.registry import TRIM_INTERVAL, ConnectionRegistry
+
+MiB = 1 << 20
+
+
+def test_trims_once_held_bytes_fall_a_slack_below_the_high_mark() -> None:
+    """Rising or steady usage never trims; a fall of at least the slack trims once, and the
+    high mark restarts from there."""
+    trimmer = HeapTrimmer(slack=32 * MiB)
+    assert [trimmer.observe(n * MiB) for n in (0, 100, 900, 1000, 990, 969)] == [False] * 6
+    assert trimmer.observe(968 * MiB) is True
+    assert trimmer.observe(968 * MiB) is False  # the high mark is now 968 MiB
+    assert trimmer.observe(0) is True and trimmer.trims == 2
+
+
+def test_trim_heap_runs_here() -> None:
+    """malloc_trim exists on this glibc machine and is harmless to call."""
+    trim_heap()
+
+
+def test_the_registry_trims_the_heap_after_its_buffers_drain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every TRIM_INTERVAL the registry sums what its connections hold; after 64 MiB drain it
+    trims once, and not again while nothing changes."""
+    trims: list[int] = []
+    monkeypatch.setattr(registry_module, "trim_heap", lambda: trims.append(1))
+    clock = Clock()
+    registry = ConnectionRegistry(clock)
+    conn = Service()  # stands in for a ProxyConnection: a named child with a budget
+    conn.setName("r0")
+    conn.budget = Budget(128 * MiB)  # type: ignore[attr-defined]
+    conn.setServiceParent(registry)
+    registry.startService()
+    try:
+        conn.budget.add(64 * MiB)  # type: ignore[attr-defined]
+        clock.advance(TRIM_INTERVAL)
+        assert trims == []
+        conn.budget.sub(64 * MiB)  # type: ignore[attr-defined]
+        for _ in range(3):
+            clock.advance(TRIM_INTERVAL)
+        assert trims == [1]
+    finally:
+        registry.stopService()
