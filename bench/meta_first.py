@@ -26,7 +26,7 @@ from helpers import SimProcess  # noqa: E402
 from netns import A_IP, B_IP, Wan, wan_available  # noqa: E402
 
 sys.path.insert(0, str(HERE))
-from results import write_section  # noqa: E402
+from results import pyplot, save_figure, write_section  # noqa: E402
 
 PORTS = dict(drbd=7789, inside=7788, outside=7790)
 #: Seconds between the sims' P_PINGs.
@@ -121,12 +121,8 @@ def main() -> int:
 
 def plot_rtt(results: dict[str, list[dict]], img_dir: Path, rate: str) -> Path | None:
     """Every ping's round trip over the run, per setup (its median run by p50), on a log scale."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib missing: no ping RTT plot (pip install '.[bench]')")
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, reports in results.items():
@@ -140,12 +136,7 @@ def plot_rtt(results: dict[str, list[dict]], img_dir: Path, rate: str) -> Path |
     ax.set_title(f"DRBD ping round trip, buffer full, tbf {rate} WAN")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    img_dir.mkdir(parents=True, exist_ok=True)
-    path = img_dir / "meta-first-ping-rtt.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, img_dir, "meta-first-ping-rtt.png")
 
 
 if __name__ == "__main__":

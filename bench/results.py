@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 HEADER = ("# Benchmarks\n\nWritten by the scripts in `bench/`; each owns the section between its "
           "`<!-- NAME:begin -->` and `<!-- NAME:end -->` markers.\n\n")
@@ -23,3 +24,26 @@ def write_section(path: Path, name: str, title: str, body: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend, or None (saying so) when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plots (pip install '.[bench]')")
+        return None
+    return plt
+
+
+def save_figure(fig: Any, img_dir: Path, name: str) -> Path:
+    """Write ``fig`` as ``img_dir/name`` (a PNG) and release it."""
+    import matplotlib.pyplot as plt
+    img_dir.mkdir(parents=True, exist_ok=True)
+    path = img_dir / name
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -53,6 +53,9 @@ import zstandard
 from drbdproxy.sim.workload import Workload
 from drbdproxy.units import parse_size
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import pyplot, save_figure  # noqa: E402
+
 BIN = Path(sys.executable).parent
 IP = "127.0.0.1"
 BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
@@ -427,12 +430,8 @@ CODEC_LABELS = {"lz4": "lz4.block compress, 1 thread", "zstd": "zstd level 3 com
 def plot_goodput(results: list[Result], codecs: dict[str, tuple[list[float], float]],
                  img_dir: Path) -> Path | None:
     """Bars: the median goodput of every setup and codec reference, min–max as error bars."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib missing: no goodput plot (pip install '.[bench]')")
+    plt = pyplot()
+    if plt is None:
         return None
     bars = [(r.name, r.goodputs(), "tab:blue" if r.name.startswith("proxy") else "tab:gray")
             for r in results]
@@ -450,12 +449,7 @@ def plot_goodput(results: list[Result], codecs: dict[str, tuple[list[float], flo
     ax.set_ylabel("MB/s (median, min–max)")
     ax.set_title("Goodput on loopback, 2 cores shared with the drbd-sim pair")
     ax.tick_params(axis="x", labelsize=8)
-    img_dir.mkdir(parents=True, exist_ok=True)
-    path = img_dir / "throughput-goodput.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, img_dir, "throughput-goodput.png")
 
 
 def write_section(path: Path, section: str) -> None:
