@@ -1,8 +1,10 @@
 """``make bench``: every benchmark script, each writing its section of docs/benchmarks.md.
 
 So far: throughput (P1 proxy vs two socat hops, P2 proxy with lz4 vs the codec's own speed),
-meta_first (P6 DRBD ping round trip under load through a shaped WAN) and wan (P3 goodput over a
-100 Mbit/s link, P4 burst absorption, P5 memory under overload); the WAN ones need root.
+scale (P7 aggregate goodput of 64 connections on one proxy pair vs one, idle memory per
+connection), meta_first (P6 DRBD ping round trip under load through a shaped WAN) and wan (P3
+goodput over a 100 Mbit/s link, P4 burst absorption, P5 memory under overload); the WAN ones need
+root.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["throughput.py", "meta_first.py", "wan.py"]
+SCRIPTS = ["throughput.py", "scale.py", "meta_first.py", "wan.py"]
 
 
 def main() -> int:
