@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 import ctypes
+from typing import Any
+
+
+def _glibc() -> Any:
+    """glibc, when this process runs on it (elsewhere there is nothing to tune)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
 
 #: glibc mallopt() parameters.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
@@ -18,21 +29,18 @@ def tune_malloc(arenas: int = 2, mmap_threshold: int = 4 << 20, trim: int = 4 <<
       first costs a page fault (measured: about a sixth of a proxy's CPU). Blocks below 4 MiB
       come from the heap, and up to 4 MiB of free heap top is kept for the next read.
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
+    libc = _glibc()
+    if libc is not None:
         libc.mallopt(_M_ARENA_MAX, arenas)
         libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
         libc.mallopt(_M_TRIM_THRESHOLD, trim)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
 
 
 def trim_heap() -> None:
     """Give free heap pages back to the kernel (glibc's malloc_trim(0); elsewhere nothing)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 class HeapTrimmer:

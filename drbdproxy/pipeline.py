@@ -227,16 +227,24 @@ class FrameWriter:
         self._queue.append(_Entry([data], cost))
         self._flush()
 
-    def pushData(self, stream: int, encoded: Encoded | Deferred[Encoded], raw_cost: int) -> None:
-        """Queue a DATA frame, ready or still being compressed; order is kept."""
+    def pushData(self, stream: int, encoded: Encoded | Deferred[Encoded], raw_cost: int,
+                 on_encoded: Callable[[Encoded], object] | None = None) -> None:
+        """Queue a DATA frame, ready or still being compressed; order is kept.
+
+        ``on_encoded`` sees the encoded chunk once it is ready (the stream counts wire bytes).
+        """
         entry = _Entry(None, raw_cost)
         self._queue.append(entry)
         if isinstance(encoded, Encoded):
-            self._encoded(encoded, entry, stream)
+            self._encoded(encoded, entry, stream, on_encoded)
         else:
-            encoded.addCallbacks(self._encoded, self._failed, callbackArgs=(entry, stream))
+            encoded.addCallbacks(self._encoded, self._failed,
+                                 callbackArgs=(entry, stream, on_encoded))
 
-    def _encoded(self, enc: Encoded, entry: _Entry, stream: int) -> None:
+    def _encoded(self, enc: Encoded, entry: _Entry, stream: int,
+                 on_encoded: Callable[[Encoded], object] | None = None) -> None:
+        if on_encoded is not None:
+            on_encoded(enc)
         if self._closed:
             return
         header = encode_data_header(stream, enc.codec, enc.raw_length, enc.crc32c, len(enc.payload))

@@ -70,7 +70,7 @@ class ConnectionRegistry(MultiService):
         super().startService()
 
     def _maybeTrimHeap(self) -> None:
-        held = sum(c.budget.used for c in self.connections_by_name)
+        held = sum(c.budget.used for c in self)  # type: ignore[attr-defined]
         if self._trimmer.observe(held):
             trim_heap()
 

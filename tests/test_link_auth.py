@@ -3,6 +3,7 @@ decoders, attacks on the AUTH exchange, the proof's exact input, and ``load_secr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -43,28 +44,15 @@ from drbdproxy.link import (
 )
 from drbdproxy.link.auth import PROOF_INPUT_SIZE, make_proof, proof_input, transcript_hash
 
+import lookups
+
+#: A second control link for a name replaces the first: these tests handshake one name repeatedly.
+Registry = functools.partial(lookups.Registry, refuse_duplicate_control=False)
+
 NAME = "r0-bob-alice"
 LZ4, ZSTD, ZLIB = 1, 3, 4
 SECRET = b"correct horse battery staple"
 HMAC_AUTH = int(Feature.HMAC_AUTH)
-
-
-class Registry:
-    """A server-side lookup: known names, one control session per name, every call recorded."""
-
-    def __init__(self, *names: str) -> None:
-        self.names = set(names)
-        self.control: dict[str, bytes] = {}
-        self.calls: list[tuple[str, LinkRole, bytes]] = []
-
-    def __call__(self, name: str, role: LinkRole, session: bytes) -> RejectReason | None:
-        self.calls.append((name, role, session))
-        if name not in self.names:
-            return RejectReason.UNKNOWN_CONNECTION
-        if role is LinkRole.CONTROL:
-            self.control[name] = session
-            return None
-        return None if self.control.get(name) == session else RejectReason.NO_SUCH_SESSION
 
 
 def client(secret: bytes | None = SECRET, role: LinkRole = LinkRole.CONTROL, **kw) -> ClientHandshake:

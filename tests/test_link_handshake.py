@@ -30,28 +30,10 @@ from drbdproxy.link import (
     new_session,
 )
 
+from lookups import Registry
+
 NAME = "r0-bob-alice"
 LZ4, ZSTD, ZLIB = 1, 3, 4  # codec ids are opaque to the link; drbdproxy.codecs assigns them
-
-
-class Registry:
-    """A server-side lookup like the integrator's: known names, one control session per name."""
-
-    def __init__(self, *names: str) -> None:
-        self.names = set(names)
-        self.control: dict[str, bytes] = {}
-        self.calls: list[tuple[str, LinkRole, bytes]] = []
-
-    def __call__(self, name: str, role: LinkRole, session: bytes) -> RejectReason | None:
-        self.calls.append((name, role, session))
-        if name not in self.names:
-            return RejectReason.UNKNOWN_CONNECTION
-        if role is LinkRole.CONTROL:
-            if name in self.control:
-                return RejectReason.DUPLICATE_CONTROL
-            self.control[name] = session
-            return None
-        return None if self.control.get(name) == session else RejectReason.NO_SUCH_SESSION
 
 
 def connect(client: ClientHandshake, server: ServerHandshake, after_welcome: bytes = b""):

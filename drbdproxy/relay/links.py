@@ -27,7 +27,7 @@ from ..link import (
     Side,
 )
 from ..pipeline import Budget, FrameWriter, PauseReasons
-from .streams import TRANSPORT_BUFFER
+from .streams import tune_transport
 
 
 class LinkOwner(TypingProtocol):
@@ -74,9 +74,7 @@ class LinkProtocol(protocol.Protocol):
     handshake_timeout = 10.0
 
     def connectionMade(self) -> None:
-        self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
-        self.transport.bufferSize = TRANSPORT_BUFFER  # type: ignore[attr-defined]
-        self.transport.SEND_LIMIT = TRANSPORT_BUFFER  # type: ignore[attr-defined]
+        tune_transport(self.transport)
         self.owner.tuneLinkSocket(self.transport)
         self._handshake_timer = self.owner.clock.callLater(
             self.handshake_timeout, self.fail, "no handshake within"

@@ -36,6 +36,14 @@ _PENDING_LIMIT = 256 << 10
 TRANSPORT_BUFFER = 256 << 10
 
 
+def tune_transport(transport: Any) -> None:
+    """Every data-path socket: no Nagle delay, TRANSPORT_BUFFER per read, per send() and as the
+    write-buffer mark (Twisted's SEND_LIMIT of 128 KiB would halve every 256 KiB frame)."""
+    transport.setTcpNoDelay(True)
+    transport.bufferSize = TRANSPORT_BUFFER
+    transport.SEND_LIMIT = TRANSPORT_BUFFER
+
+
 def kind_of_first_bytes(first: bytes) -> StreamKind:
     """DRBD's first packet says what a socket is for; anything else is relayed as opaque."""
     if first == _INITIAL_DATA:
@@ -52,9 +60,7 @@ class DrbdSocket(protocol.Protocol):
         self.handler = handler
 
     def connectionMade(self) -> None:
-        self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
-        self.transport.bufferSize = TRANSPORT_BUFFER  # type: ignore[attr-defined]
-        self.transport.SEND_LIMIT = TRANSPORT_BUFFER  # type: ignore[attr-defined]
+        tune_transport(self.transport)
         self.handler.drbdConnected(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -204,15 +210,10 @@ class Stream:
         for piece in chunks(data, conn.max_chunk(self.link)):
             conn.budget.add(len(piece))
             encoded = conn.encoder.encode(codec, piece)
-            if isinstance(encoded, Encoded):
-                self._countWire(encoded)
-            else:
-                encoded.addCallback(self._countWire)
-            writer.pushData(self.sid, encoded, len(piece))
+            writer.pushData(self.sid, encoded, len(piece), self._countWire)
 
-    def _countWire(self, encoded: Encoded) -> Encoded:
+    def _countWire(self, encoded: Encoded) -> None:
         self.to_peer_wire += len(encoded.payload)
-        return encoded
 
     def drbdLost(self, sock: DrbdSocket, reason: Failure) -> None:
         self.connection.budget.unregister(sock.transport)
