@@ -12,6 +12,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.python import usage
 
 from .config import ConfigError, ProxyConnectionConfig, load
+from .collector import tune_gc
 from .control.commands import CommandError, parse_command
 from .control.interface import ControlError
 from .control.protocol import ControlFactory
@@ -187,6 +188,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
     tune_malloc()
+    tune_gc(reactor)
     top = MultiService()
     registry = ConnectionRegistry(reactor, meta_first=not config["meta-on-bulk"],
                                   tls=config.get("tls"), link_secret=config.get("secret"))

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any, NoReturn, Sequence
 
+from ..collector import tune_gc
 from ..drbd.payloads import WireProtocol
 from ..malloc import tune_malloc
 from ..units import parse_address, parse_size
@@ -153,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from .node import Node, stderr_log
+
+    tune_gc(reactor)
 
     # Only Twisted's own warnings and unhandled errors: the sim's events are its stderr lines.
     errors = FilteringLogObserver(
