@@ -163,6 +163,45 @@ def test_no_peer_is_a_clear_timeout(sims):
     assert rc == 1 and "no connection to the peer" in report["error"]
 
 
+def _connection_args(pairs: list[tuple[int, int]]) -> list[str]:
+    """--listen/--peer for each (own port, peer port), in that order."""
+    return [arg for own, peer in pairs
+            for arg in ("--listen", f"127.0.0.1:{own}", "--peer", f"127.0.0.1:{peer}")]
+
+
+def test_one_process_runs_several_connections(sims):
+    """Three --listen/--peer pairs in one primary and one secondary process: three separate
+    replications, each verified on its own, and reports that list them with their totals."""
+    ports = free_ports(6)
+    ends = list(zip(ports[0::2], ports[1::2]))  # (primary's, secondary's) per connection
+    common = ["--connect-timeout", "60", "--ping-timeout", "5", "--protocol", "A"]
+    secondary = sims("--role", "secondary", *_connection_args([(s, p) for p, s in ends]), *common)
+    primary = sims("--role", "primary", *_connection_args(ends), *common, "--size", "8M")
+    (prc, p_report), (src, s_report) = primary.report(), secondary.report()
+    assert (prc, src) == (0, 0), (p_report["error"], s_report["error"])
+    for report in (p_report, s_report):
+        assert report["verified"] and report["bytes"] == 3 * (8 << 20)
+        assert [c["bytes"] for c in report["connections"]] == [8 << 20] * 3
+        assert all(c["verified"] for c in report["connections"])
+    assert {f"drbd-sim[secondary#{i}]: replication complete, peer disconnected cleanly"
+            for i in range(3)} <= {line.strip() for line in secondary.stderr}
+
+
+def test_one_failed_connection_ends_the_whole_process(sims):
+    """Of two connections, the one whose peer never comes times out: the process stops the other
+    one too, exits 1, and its report says which connection failed first."""
+    p1, s1, p2, s2 = free_ports(4)
+    common = ["--connect-timeout", "2", "--ping-timeout", "5"]
+    secondary = sims("--role", "secondary", *_connection_args([(s1, p1)]), *common, "--size", "1G")
+    primary = sims("--role", "primary", *_connection_args([(p1, s1), (p2, s2)]), *common,
+                   "--rate", "4M", "--size", "1G")
+    rc, report = primary.report()
+    assert rc == 1 and report["verified"] is False
+    assert report["error"].startswith("connection 1: no connection to the peer")
+    assert report["connections"][0]["error"] == "stopped: connection 1 failed"
+    secondary.report()
+
+
 def test_help_explains_every_option():
     """--help mentions every option the SPEC lists, each with an explanation."""
     out = subprocess.run([tool("drbd-sim"), "--help"], capture_output=True, text=True, check=True)
@@ -182,6 +221,10 @@ def test_help_explains_every_option():
         (["--role", "primary", "--listen", "127.0.0.1:1", "--peer", "127.0.0.1:2",
           "--block-size", "1000"], "multiple of 512"),
         (["--listen", "127.0.0.1:1"], "required"),
+        (["--role", "primary", "--listen", "127.0.0.1:1", "--listen", "127.0.0.1:3",
+          "--peer", "127.0.0.1:2"], "in pairs"),
+        (["--role", "primary", "--listen", "127.0.0.1:1", "--listen", "127.0.0.1:1",
+          "--peer", "127.0.0.1:2", "--peer", "127.0.0.1:3"], "must differ"),
     ],
 )
 def test_bad_options_give_one_line_errors(args, needle):

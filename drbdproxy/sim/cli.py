@@ -20,7 +20,9 @@ Like DRBD, a node listens on its own address and connects to its peer, opening a
 meta socket. The primary streams P_DATA in epochs closed by P_BARRIER; the secondary checks
 every block's content and order and acknowledges per protocol A, B or C. Both ping each other
 on the meta socket. At the end it prints a JSON report; the exit status is 0 only if the run
-was verified, 1 if it failed, 2 for a usage error.
+was verified, 1 if it failed, 2 for a usage error. Several --listen/--peer pairs run as many
+connections in one process (a load of many that costs little more than one); the first of them
+to fail stops the rest.
 """
 
 EPILOG = """\
@@ -73,9 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--role", required=True, choices=("primary", "secondary"),
       help="primary writes and verifies acks; secondary receives, verifies and acks")
-    a("--listen", required=True, type=_address, metavar="IP:PORT",
-      help="this node's DRBD address: where it listens (and the source IP of its connects)")
-    a("--peer", required=True, type=_address, metavar="IP:PORT",
+    a("--listen", required=True, type=_address, metavar="IP:PORT", action="append",
+      help="this node's DRBD address: where it listens (and the source IP of its connects);"
+           " given N times with --peer N times, one process runs N connections, the i-th"
+           " --listen with the i-th --peer")
+    a("--peer", required=True, type=_address, metavar="IP:PORT", action="append",
       help="where it connects: the local proxy's inside address, or the other node directly")
     a("--protocol", default="C", choices=("A", "B", "C"),
       help="DRBD replication protocol: A async, B receive ack, C write ack (default C)")
@@ -112,19 +116,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> SimConfig:
+def configs_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
+                      ) -> list[SimConfig]:
+    """One SimConfig per connection (per --listen/--peer pair), the other settings shared."""
+    if len(args.listen) != len(args.peer):
+        parser.error(f"{len(args.listen)} --listen but {len(args.peer)} --peer: give them in pairs")
+    if len(set(args.listen)) != len(args.listen):
+        parser.error("every --listen address must differ")
     bs = args.block_size
     if bs % 512 or not max(512, STAMP.size) <= bs <= MAX_BLOCK:
         parser.error(f"--block-size {bs} must be a multiple of 512 from 512 to {MAX_BLOCK}")
     if args.device_size < 2 * bs:
         parser.error("--device-size must hold at least two blocks")
-    if args.listen == args.peer:
+    if any(listen == peer for listen, peer in zip(args.listen, args.peer)):
         parser.error("--listen and --peer must differ")
     size = args.size if args.size is not None else (None if args.duration else 64 << 20)
-    return SimConfig(
+    return [SimConfig(
         role=args.role,
-        listen=args.listen,
-        peer=args.peer,
+        listen=listen,
+        peer=peer,
         protocol=WireProtocol[args.protocol],
         workload=args.workload,
         seed=args.seed,
@@ -140,13 +150,13 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         connect_timeout=args.connect_timeout,
         device_size=args.device_size,
         progress=args.progress or 0.0,
-    )
+    ) for listen, peer in zip(args.listen, args.peer)]
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser = build_parser()
     args = parser.parse_args(argv)
-    config = config_from_args(args, parser)
+    configs = configs_from_args(args, parser)
     tune_malloc()
 
     from twisted.internet import reactor
@@ -156,7 +166,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     from .node import Node, stderr_log
 
     tune_gc(reactor)
-
     # Only Twisted's own warnings and unhandled errors: the sim's events are its stderr lines.
     errors = FilteringLogObserver(
         textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(LogLevel.warn)]
@@ -165,20 +174,35 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
     result: dict[str, Any] = {}
 
-    def done(report: dict[str, Any]) -> None:
-        result.update(report)
-        reactor.stop()  # type: ignore[attr-defined]
-
     def start() -> None:
-        node = Node(config, reactor, stderr_log(config.role))
+        # One connection logs as drbd-sim[ROLE]; several as drbd-sim[ROLE#I], I from 0.
+        names = [args.role] if len(configs) == 1 else [
+            f"{args.role}#{i}" for i in range(len(configs))]
+        nodes = [Node(c, reactor, stderr_log(name)) for c, name in zip(configs, names)]
         try:
-            d = node.run()
+            runs = [node.run() for node in nodes]
         except Exception as e:  # a port in use, an address we cannot bind
             print(f"drbd-sim: error: {e}", file=sys.stderr)
             result["_startup_error"] = True
             reactor.stop()  # type: ignore[attr-defined]
             return
-        d.addCallback(done)
+        reports: list[dict[str, Any] | None] = [None] * len(nodes)
+        failed: list[int] = []
+
+        def ended(report: dict[str, Any], i: int) -> None:
+            reports[i] = report
+            if not report["verified"] and not failed:  # the run has failed: end it
+                failed.append(i)
+                for j, other in enumerate(nodes):
+                    if reports[j] is None:
+                        other.fail(f"stopped: connection {i} failed")
+            if all(r is not None for r in reports):
+                result.update(combined_report([r for r in reports if r is not None],
+                                              failed[0] if failed else None))
+                reactor.stop()  # type: ignore[attr-defined]
+
+        for i, d in enumerate(runs):
+            d.addCallback(ended, i)
 
     reactor.callWhenRunning(start)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
@@ -191,6 +215,21 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         with open(args.report, "w", encoding="utf-8") as f:
             f.write(text + "\n")
     sys.exit(0 if result["verified"] else 1)
+
+
+def combined_report(reports: list[dict[str, Any]], failed: int | None) -> dict[str, Any]:
+    """One connection's report as it is; several as their list with the totals that matter, and
+    the error of the connection that failed first (``failed``), which stopped the others."""
+    if len(reports) == 1:
+        return reports[0]
+    return {
+        "role": reports[0]["role"],
+        "verified": all(r["verified"] for r in reports),
+        "error": None if failed is None else f"connection {failed}: {reports[failed]['error']}",
+        "bytes": sum(r["bytes"] for r in reports),
+        "writes": sum(r["writes"] for r in reports),
+        "connections": reports,
+    }
 
 
 if __name__ == "__main__":
