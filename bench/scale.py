@@ -13,9 +13,10 @@ another connection can take a DRBD port while its sim is not listening.
    (RSS all - RSS one) / (conns - 1). alice's open file descriptors (/proc/PID/fd) likewise
    (expected: two link sockets and two listeners per connection).
 2. **Aggregate goodput** with k concurrent replications for each k of ``--ks`` (1, 8, 64) on the
-   same daemons: connections 0..k-1 each get a drbd-sim secondary (at bob) and primary (at alice),
-   protocol A, 64 KiB writes of random data, no size limit. Starting 128 sims on two cores takes
-   tens of seconds and each pair writes as soon as it is connected, so nothing is timed from
+   same daemons: connections 0..k-1 are run by one drbd-sim secondary process (at bob) and one
+   primary process (at alice), a --listen/--peer pair per connection, protocol A, 64 KiB writes
+   of random data, no size limit. Establishing k connections through the proxies takes a while
+   and each writes as soon as it is connected, so nothing is timed from
    process start: both daemons' ``print statistics`` are polled every 0.25 s until every one of
    the k connections has delivered ``--ramp`` bytes to bob since the sims were started, then,
    after ``--settle`` seconds and once alice's buffers are 90 % full or stopped growing (so that
@@ -24,8 +25,9 @@ another connection can take a DRBD port while its sim is not listening.
    crossed the pair and was handed on towards the secondary) / window; alice's
    ``data.to_peer.bytes`` delta (what she read from the primaries, so it includes her buffers
    filling) and both daemons' CPU use (/proc/PID/stat) over the window are reported beside it.
-   A pair that ends before its connection carried data (two sims establishing their sockets
-   through the proxies can lose that race) is started again, at most MAX_RESTARTS times per k.
+   If a sim process ends because one of its connections failed before it carried data (two
+   nodes establishing their sockets through the proxies can lose that race), both sims are
+   started again, at most MAX_RESTARTS times per k.
    Then the checks: no sim ended before the end of the window; with the primaries frozen
    (SIGSTOP) alice's buffers drain and bob receives, on every live DRBD data stream, exactly the
    bytes alice read from it (``list subconnections``), while every secondary, which verifies
@@ -38,9 +40,8 @@ another connection can take a DRBD port while its sim is not listening.
    inside address. Its streams (control and data) do not begin with DRBD's initial packets, so
    the pair relays them as opaque streams, through the same pipeline (same links, buffers,
    memlimit, compression off); the counters are the ``opaque`` ones. drbd-sim is DRBD's
-   protocol, but each pair is two Python processes: at k = 64 the 128 sims take most of the two
-   cores, so that load mostly measures itself. iperf3 (C, 128 KiB writes) costs little per byte
-   and its cost does not grow with k. The run's checks are the same: with the clients frozen,
+   protocol in Python; iperf3 (C, 128 KiB writes, a process pair per connection) costs little
+   per byte. The run's checks are the same: with the clients frozen,
    bob received on every opaque stream exactly what alice read from it, every server is still
    running; after the kill, every iperf3 server must have reported data (``-i 1 --forceflush``),
    and the daemons must be idle (ProxyConnected, no stream, no link reconnect) with bob's
@@ -66,6 +67,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import json
 import os
 import platform
 import re
@@ -94,7 +96,7 @@ from daemon import Daemon, wait_until  # noqa: E402 (tests/, on the path since w
 KiB, MiB = 1 << 10, 1 << 20
 POLL = 0.25  # seconds between statistics polls while waiting for the sims
 TARGET = 0.8  # P7, SPEC section 5
-MAX_RESTARTS = 8  # sim pairs started again per k and run, see wait_writing
+MAX_RESTARTS = 8  # sims started again per k and run, see wait_writing
 IPERF3 = shutil.which("iperf3") or "/usr/bin/iperf3"
 #: --loads: name -> (label in the report, the proxy's counter kind for its streams)
 LOADS = {"sim": ("drbd-sim", "data"), "iperf3": ("iperf3", "opaque")}
@@ -132,7 +134,7 @@ class Measure:
     agg_alice: float = 0.0  # alice's to_peer delta / window
     per_conn: list[float] = field(default_factory=list)
     ramp_s: float = 0.0  # sims started -> every connection writing
-    restarts: int = 0  # sim pairs started again (lost the socket race before writing)
+    restarts: int = 0  # sims started again (a connection lost the socket race before writing)
     handshake_retries: int = 0  # "connecting again" lines of the sims
     cpu: dict[str, float] = field(default_factory=dict)  # daemon -> cores used in the window
     load_cpu: float = 0.0  # the load processes' cores used in the window, summed
@@ -257,30 +259,34 @@ def set_up(stack: contextlib.ExitStack, workdir: Path, ports: list[Ports]
 
 # -- one measurement ------------------------------------------------------------------------------
 Sim = tuple[str, subprocess.Popen]  # a load process's name (its logs: NAME.out, NAME.err) and process
-#: Per connection: [receiver (at bob), sender (at alice)]: drbd-sim secondary and primary, or
-#: iperf3 server and client.
-Pairs = dict[int, list[Sim]]
+#: The connections a pair of load processes carries -> [receiver (at bob), sender (at alice)]:
+#: one drbd-sim secondary and primary for all k connections, or per connection an iperf3
+#: server and client.
+Pairs = dict[tuple[int, ...], list[Sim]]
 
 
 def start_pairs(procs: Processes, ports: list[Ports], conns: list[int], tag: str, nice: int
                 ) -> Pairs:
-    """[secondary (at bob), primary (at alice)] per connection; every secondary is started
-    before the first primary."""
+    """One drbd-sim secondary (at bob) for all of ``conns``, started first, then one primary (at
+    alice): a process runs a connection per --listen/--peer pair, so the load's cost grows with
+    the bytes it moves, not with k (128 processes of their own on two cores would mostly
+    measure themselves)."""
     sim = str(BIN / "drbd-sim")
     prefix = ["nice", "-n", str(nice)] if nice else []
     common = ["--protocol", "A", "--block-size", "64k", "--ping-timeout", "30",
               "--connect-timeout", "120"]
-    pairs: Pairs = {i: [] for i in conns}
+    pair: list[Sim] = []
     for role in ("secondary", "primary"):
         extra = ["--workload", "random", "--duration", "3600"] if role == "primary" else []
+        addresses = []
         for i in conns:
             p = ports[i]
             drbd, inside = (p.a_drbd, p.a_in) if role == "primary" else (p.b_drbd, p.b_in)
-            name = f"{tag}-{role}{i}"
-            pairs[i].append((name, procs.start(name, [
-                *prefix, sim, "--role", role, "--listen", f"{IP}:{drbd}", "--peer", f"{IP}:{inside}",
-                *common, *extra])))
-    return pairs
+            addresses += ["--listen", f"{IP}:{drbd}", "--peer", f"{IP}:{inside}"]
+        name = f"{tag}-{role}"
+        pair.append((name, procs.start(name, [*prefix, sim, "--role", role, *addresses,
+                                              *common, *extra])))
+    return {tuple(conns): pair}
 
 
 def listening(ports: set[int]) -> set[int]:
@@ -298,10 +304,10 @@ def start_iperf(procs: Processes, ports: list[Ports], conns: list[int], tag: str
     every server is listening before the first client starts. Servers are one-off (``-1``) and
     report every second, flushed (the only record of what they received once killed); clients
     send 128 KiB writes (the default) for an hour, and are killed."""
-    pairs: Pairs = {i: [] for i in conns}
+    pairs: Pairs = {(i,): [] for i in conns}
     for i in conns:
         name = f"{tag}-server{i}"
-        pairs[i].append((name, procs.start(name, [
+        pairs[(i,)].append((name, procs.start(name, [
             IPERF3, "-s", "-1", "-B", IP, "-p", str(ports[i].b_drbd), "-i", "1", "--forceflush"])))
     want = {ports[i].b_drbd for i in conns}
     deadline = time.monotonic() + 20
@@ -313,7 +319,7 @@ def start_iperf(procs: Processes, ports: list[Ports], conns: list[int], tag: str
         time.sleep(0.05)
     for i in conns:
         name = f"{tag}-client{i}"
-        pairs[i].append((name, procs.start(name, [
+        pairs[(i,)].append((name, procs.start(name, [
             IPERF3, "-c", IP, "-p", str(ports[i].a_in), "-t", "3600", "-i", "0"])))
     return pairs
 
@@ -333,6 +339,18 @@ def counters(ctls: dict[str, Control], k: int, kind: str = "data"
         t = (before + time.monotonic()) / 2
         out[site] = (t, [int(st.get(f"{conn_name(i, site)}.{kind}.{key}.bytes", 0))
                          for i in range(k)])
+    return out
+
+
+def failed_connections(procs: Processes, sims: list[Sim]) -> list[int]:
+    """Which of its connections (0-based, in --listen order) a sim that ended reports failed
+    first, from its JSON report ("connection J: ..."); [] if it does not say."""
+    out = []
+    for name, p in sims:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            error = json.loads((procs.logdir / f"{name}.out").read_text())["error"]
+            if p.poll() is not None and (match := re.match(r"connection (\d+): ", error)):
+                out.append(int(match.group(1)))
     return out
 
 
@@ -395,7 +413,7 @@ def measure(procs: Processes, ctls: dict[str, Control], pids: dict[str, int], po
         if error := dead(procs, flat(pairs)):
             raise RuntimeError(error)
         m.ok = True
-        freeze_and_drain(procs, ctls, pairs, kind, 1 if load == "sim" else 2)
+        freeze_and_drain(procs, ctls, pairs, kind, 1 if load == "sim" else 2, k)
     except (RuntimeError, AssertionError, OSError) as e:
         m.ok, m.error = False, str(e)
     finally:
@@ -407,7 +425,7 @@ def measure(procs: Processes, ctls: dict[str, Control], pids: dict[str, int], po
         if load == "iperf3" and pairs:
             m.seen = [iperf_received(procs.logdir / f"{pair[0][0]}.out") / 1e6
                       for pair in pairs.values()]
-            if m.ok and (silent := [i for i, mb in zip(pairs, m.seen) if mb <= 0]):
+            if m.ok and (silent := [i for (i,), mb in zip(pairs, m.seen) if mb <= 0]):
                 raise RuntimeError(f"{len(silent)} iperf3 server(s) reported no data received, "
                                    f"e.g. connection {silent[0]}")
         drained(ctls, len(ports), kind, totals=load == "iperf3")
@@ -443,16 +461,21 @@ def wait_writing(m: Measure, procs: Processes, ctls: dict[str, Control], ports: 
 
     def writing() -> bool:
         now = counters(ctls, m.k, kind)["bob"][1]
-        for i, pair in pairs.items():
+        for conns, pair in list(pairs.items()):
             if not (why := dead(procs, pair)):
                 continue
-            if m.load != "sim" or now[i] - base[i] >= ramp or m.restarts >= MAX_RESTARTS:
+            failed = [conns[j] for j in failed_connections(procs, pair)] or list(conns)
+            if (m.load != "sim" or all(now[i] - base[i] >= ramp for i in failed)
+                    or m.restarts >= MAX_RESTARTS):
                 raise RuntimeError(why)
             m.restarts += 1
-            m.notes.append(f"run {m.run} k={m.k}: pair {i} started again: {why}")
+            m.notes.append(f"run {m.run} k={m.k}: sims started again (connection {failed[0]}"
+                           f" carried nothing yet): {why}")
             kill_all(procs, pair)
             retired.extend(pair)
-            pairs[i] = start_pairs(procs, ports, [i], f"{tag}-again{m.restarts}", args.sim_nice)[i]
+            del pairs[conns]
+            pairs.update(start_pairs(procs, ports, list(conns), f"{tag}-again{m.restarts}",
+                                     args.sim_nice))
         return all(b - a >= ramp for a, b in zip(base, now))
 
     poll_until(writing, f"all {m.k} connections to carry data", timeout=180)
@@ -517,7 +540,7 @@ def count_window(m: Measure, ctls: dict[str, Control], pids: dict[str, int],
 
 
 def freeze_and_drain(procs: Processes, ctls: dict[str, Control], pairs: Pairs, kind: str,
-                     per_conn: int) -> None:
+                     per_conn: int, k: int) -> None:
     """SIGSTOP the senders (primaries, iperf3 clients; their sockets stay open), wait until
     alice's buffers are empty and bob has received, on every live stream of ``kind``, every
     byte alice read from it; there must be ``per_conn`` such streams per connection, and then
@@ -527,7 +550,6 @@ def freeze_and_drain(procs: Processes, ctls: dict[str, Control], pairs: Pairs, k
     for (_, sender) in (pair[1] for pair in pairs.values()):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(sender.pid, signal.SIGSTOP)
-    k = len(pairs)
 
     def empty() -> bool:
         a = ctls["alice"].stats()
@@ -700,7 +722,7 @@ def goodput_table(args: argparse.Namespace, load: str, results: list[Measure]) -
             "per connection MB/s (aggregate / k)", "slowest–fastest connection MB/s (medians)",
             "alice read MB/s", "alice buffered at the end MiB", "alice / bob CPU, cores",
             f"{LOADS[load][0]} processes CPU, cores", "MB per alice CPU s", "ramp / steady s"]
-    head += (["sim handshake retries", "pairs started again"] if sim
+    head += (["sim handshake retries", "sims started again"] if sim
              else ["iperf3 server reported received (whole test), MB per connection (median)"])
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for k in args.ks:
@@ -790,13 +812,14 @@ def report(args: argparse.Namespace, idle: Idle, results: list[Measure],
     body = [
         f"One proxy pair (alice, bob) on loopback with {conns} connections, compression off, "
         f"default memlimit; k of them carry a replication each, k = {ks}, under two loads: "
-        "**drbd-sim** (a secondary at bob and a primary at alice per connection, protocol A, "
-        "64 KiB writes of random data, no size limit) and **iperf3** (a one-off `iperf3 -s -1` "
+        "**drbd-sim** (one secondary process at bob and one primary process at alice running "
+        "all k connections, a `--listen`/`--peer` pair each, protocol A, 64 KiB writes of "
+        "random data, no size limit) and **iperf3** (a one-off `iperf3 -s -1` "
         "on bob's DRBD address and a client `iperf3 -c` to alice's inside address per "
-        "connection, 128 KiB writes, the default). Why both: drbd-sim speaks DRBD's protocol, but "
-        "each pair is two Python processes, so at k = 64 the 128 load processes take most of the "
-        "machine's 2 cores and the proxies get what is left (see the load's CPU column): that "
-        "load mostly measures the load generator. iperf3's control and data streams do not "
+        "connection, 128 KiB writes, the default). Why both: drbd-sim speaks DRBD's protocol "
+        "and verifies every block, in Python, so it shares the machine's 2 cores with the "
+        "proxies at a cost per byte near theirs (see the load's CPU column); iperf3 is C. "
+        "iperf3's control and data streams do not "
         "begin with DRBD's initial packets, so the pair relays them as opaque streams through "
         "the same pipeline (compression off, same buffers and memlimit, same two links), with "
         "a load whose cost per byte does not grow with k."
