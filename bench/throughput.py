@@ -73,6 +73,8 @@ class Run:
     duration_s: float = 0.0
     error: str = ""
     wire_ratio: float | None = None  # raw / wire bytes alice sent (proxy setups only)
+    #: CPU seconds per GB (10^9 bytes) replicated: each relay process group's, and "sims"
+    cpu: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -83,6 +85,8 @@ class Endpoints:
     a_peer: int
     b_peer: int
     wire_ratio: Callable[[], float | None] = lambda: None
+    #: The relays' process groups by the name their CPU is reported under ("relays": summed).
+    relays: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -93,6 +97,11 @@ class Result:
 
     def goodputs(self) -> list[float]:
         return [r.mb_per_s for r in self.runs if r.ok]
+
+    def cpu(self) -> dict[str, float]:
+        """Median CPU seconds per GB of each part over the verified runs."""
+        runs = [r.cpu for r in self.runs if r.ok and r.cpu]
+        return {k: statistics.median(c[k] for c in runs) for k in (runs[0] if runs else {})}
 
 
 class Processes:
@@ -129,6 +138,26 @@ class Processes:
     def stop_all(self) -> None:
         for proc in list(reversed(self.live)):
             self.stop(proc, grace=3.0)
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system, reaped children's included) of every process in group pgid:
+    socat forks a child per connection."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # after the name: state, ppid, pgrp, ...
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / CLK_TCK
 
 
 def free_ports(n: int) -> list[int]:
@@ -187,7 +216,7 @@ def socat_hops(procs: Processes, compression: str | None) -> Iterator[Endpoints]
                 "socat", "-b", "131072", f"TCP-LISTEN:{port},reuseaddr,fork,bind={IP}",
                 f"TCP:{IP}:{target}"]))
         wait_for(lambda: {s1, s2, s3, s4} <= listening_ports(), "socat to listen")
-        yield Endpoints(a, b, a_peer=s1, b_peer=s3)
+        yield Endpoints(a, b, a_peer=s1, b_peer=s3, relays={"relays": [p.pid for p in started]})
     finally:
         for proc in started:
             procs.stop(proc)
@@ -231,7 +260,8 @@ def proxy_pair(procs: Processes, compression: str | None) -> Iterator[Endpoints]
             wire = int(stats.get("r0-bob-alice.data.to_peer.wire_bytes", 0))
             return raw / wire if wire else None
 
-        yield Endpoints(a_drbd, b_drbd, a_peer=a_in, b_peer=b_in, wire_ratio=wire_ratio)
+        yield Endpoints(a_drbd, b_drbd, a_peer=a_in, b_peer=b_in, wire_ratio=wire_ratio,
+                        relays={side: [proc.pid] for side, (proc, _) in zip(sides, started)})
     finally:
         for proc, sock in started:
             with contextlib.suppress(Exception):
@@ -267,7 +297,7 @@ def haproxy_hops(procs: Processes, compression: str | None) -> Iterator[Endpoint
             path.write_text(config)
             started.append(procs.start(name, ["haproxy", "-db", "-f", str(path)]))
         wait_for(lambda: {s1, s2, s3, s4} <= listening_ports(), "haproxy to listen")
-        yield Endpoints(a, b, a_peer=s1, b_peer=s3)
+        yield Endpoints(a, b, a_peer=s1, b_peer=s3, relays={"relays": [p.pid for p in started]})
     finally:
         for proc in started:
             procs.stop(proc)
@@ -287,6 +317,7 @@ def run_sims(procs: Processes, ends: Endpoints, workload: str, size: int) -> Run
     """One replication of ``size`` bytes; the secondary's report decides goodput."""
     common = ["--protocol", "A", "--block-size", "64k", "--ping-timeout", "30"]
     sim = str(BIN / "drbd-sim")
+    relay_cpu = {name: sum(map(group_cpu, groups)) for name, groups in ends.relays.items()}
     secondary = procs.start("secondary", [sim, "--role", "secondary", "--listen",
                                           f"{IP}:{ends.b_drbd}", "--peer", f"{IP}:{ends.b_peer}",
                                           *common])
@@ -302,6 +333,9 @@ def run_sims(procs: Processes, ends: Endpoints, workload: str, size: int) -> Run
     finally:
         procs.stop(primary)
         procs.stop(secondary)
+    gb = size / 1e9
+    cpu = {name: (sum(map(group_cpu, ends.relays[name])) - before) / gb
+           for name, before in relay_cpu.items()}
     reports = {}
     for role in ("primary", "secondary"):
         try:
@@ -313,7 +347,9 @@ def run_sims(procs: Processes, ends: Endpoints, workload: str, size: int) -> Run
           and s["bytes"] == size)
     error = "" if ok else (s.get("error") or p.get("error")
                            or f"exit {primary.returncode}/{secondary.returncode}, {s['bytes']} bytes")
-    return Run(ok, s["mb_per_s"], s["duration_s"], error or "", ends.wire_ratio())
+    if s.get("cpu_s") is not None and p.get("cpu_s") is not None:
+        cpu["sims"] = (s["cpu_s"] + p["cpu_s"]) / gb
+    return Run(ok, s["mb_per_s"], s["duration_s"], error or "", ends.wire_ratio(), cpu)
 
 
 def tail(path: Path, lines: int = 3) -> str:
@@ -375,7 +411,7 @@ def render(results: list[Result], codecs: dict[str, tuple[list[float], float]], 
            facts: list[str], image: Path | None) -> str:
     """The markdown section, markers included."""
     rows = ["| setup | workload | verified runs | goodput median MB/s | min–max MB/s | "
-            "median duration s | note |", "|---|---|---|---|---|---|---|"]
+            "median duration s | CPU s per GB, median | note |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         med, rng = fmt(r.goodputs())
         durations = [x.duration_s for x in r.runs if x.ok]
@@ -383,11 +419,14 @@ def render(results: list[Result], codecs: dict[str, tuple[list[float], float]], 
         note = f"wire ratio {statistics.median(ratios):.2f}" if ratios else ""
         dur = f"{statistics.median(durations):.2f}" if durations else "—"
         ok = sum(x.ok for x in r.runs)
-        rows.append(f"| {r.name} | {r.workload} | {ok}/{len(r.runs)} | {med} | {rng} | {dur} | {note} |")
+        cpu = ", ".join(f"{k} {v:.2f}" for k, v in r.cpu().items())
+        rows.append(f"| {r.name} | {r.workload} | {ok}/{len(r.runs)} | {med} | {rng} | {dur} | "
+                    f"{cpu} | {note} |")
     for name, (speeds, ratio) in codecs.items():
         med, rng = fmt(speeds)
         rows.append(f"| {CODEC_LABELS[name]} | disk | passes: {len(speeds)} | {med} | {rng} | "
-                    f"| ratio {ratio:.2f}, 64 MiB in 64 KiB blocks |")
+                    f"| {1000 / statistics.median(speeds):.2f} | ratio {ratio:.2f}, 64 MiB in "
+                    "64 KiB blocks |")
     by_name = {r.name: r.goodputs() for r in results}
 
     def ratio_row(key: str, label: str, num: list[float], den: list[float]) -> str:
@@ -407,6 +446,7 @@ def render(results: list[Result], codecs: dict[str, tuple[list[float], float]], 
               ratio_row("—", "proxy off / haproxy x2", by_name["proxy off"], by_name["haproxy x2"]),
               ratio_row("—", "proxy zstd / zstd compress", by_name["proxy zstd"],
                         codecs["zstd"][0])]
+    budget = cpu_budget(next(r for r in results if r.name == "proxy lz4"), codecs["lz4"][0])
     failures = [f"- {r.name} run {i + 1}: {x.error}" for r in results
                 for i, x in enumerate(r.runs) if not x.ok]
     plot = [f"![goodput per setup]({os.path.relpath(image, args.out.parent)})", ""] if image else []
@@ -418,10 +458,30 @@ def render(results: list[Result], codecs: dict[str, tuple[list[float], float]], 
         "`socat -b 131072` hops per direction; `haproxy x2` = two single-threaded haproxy "
         "processes in TCP mode, each one hop of both directions; `proxy` = a drbd-proxy pair on "
         "loopback (`compression on` = lz4, `compression 3` = zstd level 3). All of them share "
-        "the machine's 2 cores with the two drbd-sim processes.", "",
-        *rows, "", *ratios, "", *plot,
+        "the machine's 2 cores with the two drbd-sim processes. CPU s per GB = each process "
+        "group's user + system CPU seconds (/proc/PID/stat, forked children included) from "
+        "before the sims started to after they ended, and the two sims' own CPU over the "
+        "replication (their `cpu_s`), per 10⁹ bytes replicated; for a codec, 1 / its speed.", "",
+        *rows, "", *ratios, "", *budget, *plot,
         "Failed runs: " + ("none" if not failures else ""), *failures, "",
         *(f"- {f}" for f in facts), END, ""])
+
+
+def cpu_budget(lz4_run: Result, lz4_speeds: list[float]) -> list[str]:
+    """What caps P2: the CPU seconds one GB costs the whole machine with lz4 on, and lz4's share."""
+    cpu = lz4_run.cpu()
+    if not cpu or not lz4_run.goodputs() or not lz4_speeds:
+        return []
+    total = sum(cpu.values())
+    lz4_cost = 1000 / statistics.median(lz4_speeds)
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+    return [f"**What limits P2.** With lz4 on, one GB replicated costs the machine {total:.2f} "
+            f"CPU seconds ({parts}); compressing it once costs {lz4_cost:.2f} of them (the "
+            f"single-thread speed above). Two cores at that cost carry at most "
+            f"{2000 / total:.0f} MB/s; the pair carried "
+            f"{statistics.median(lz4_run.goodputs()):.0f} MB/s. P2 = 0.5 needs the whole machine to "
+            f"spend at most {2 / (0.5 * statistics.median(lz4_speeds) / 1000):.2f} CPU seconds "
+            "per GB, sims included.", ""]
 
 
 CODEC_LABELS = {"lz4": "lz4.block compress, 1 thread", "zstd": "zstd level 3 compress, 1 thread"}

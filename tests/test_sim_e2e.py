@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from drbdproxy.sim.report import Stats
 from helpers import free_ports, sim_pair_args, tool
 
 
@@ -36,6 +37,7 @@ def test_replicates_64_mib_and_verifies(sims, protocol):
         assert "P_WRITE_ACK" not in secondary["packets_sent"]
         assert "P_RECV_ACK" not in secondary["packets_sent"]
     assert primary["write_latency_ms"]["p50"] is not None
+    assert primary["cpu_s"] > 0 and secondary["cpu_s"] > 0  # the load's own cost is reported
 
 
 def test_protocol_b_small_blocks_and_epochs(sims):
@@ -232,3 +234,15 @@ def test_bad_options_give_one_line_errors(args, needle):
     out = subprocess.run([tool("drbd-sim"), *args], capture_output=True, text=True)
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1 and needle in out.stderr
+
+
+def test_cpu_seconds_cover_the_run_only():
+    """The report's cpu_s is the process CPU clock from the run's start to its end, not what
+    start-up (building the workload pool) cost before; None until the run has both."""
+    readings = iter([10.0, 12.5])
+    stats = Stats(cpu_clock=lambda: next(readings))
+    assert stats.cpu_seconds is None
+    stats.start(100.0)
+    assert stats.cpu_seconds is None
+    stats.finish(101.0)
+    assert stats.cpu_seconds == 2.5 and stats.duration == 1.0

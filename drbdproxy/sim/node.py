@@ -146,7 +146,7 @@ class Node:
             if sock is not None:
                 sock.close()
         if self.stats.finished is None and self.stats.started is not None:
-            self.stats.finished = self.reactor.seconds()
+            self.stats.finish(self.reactor.seconds())
         verified = self.error is None and self._connected
         extra = {
             "protocol": self.config.protocol.name,

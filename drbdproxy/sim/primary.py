@@ -85,7 +85,7 @@ class PrimaryStream:
 
     def start(self) -> None:
         now = self._clock.seconds()
-        self._stats.started = now
+        self._stats.start(now)
         if self._config.duration is not None:
             self._deadline = now + self._config.duration
         self._data.transport.registerProducer(self, True)
@@ -191,7 +191,7 @@ class PrimaryStream:
         if self._writing or self._disconnecting or self._inflight or self._unacked_epochs:
             return
         self._disconnecting = True
-        self._stats.finished = self._clock.seconds()
+        self._stats.finish(self._clock.seconds())
         # A graceful "drbdadm disconnect": ask the peer to go to Disconnecting.
         self._data.send(Cmd.P_CONN_ST_CHG_REQ, ReqState(_CONN_MASK, _CONN_DISCONNECTING).pack())
 

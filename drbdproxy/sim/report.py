@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from array import array
 from collections import Counter
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 
 def percentiles(samples: array[float] | list[float]) -> dict[str, float | None]:
@@ -33,6 +34,25 @@ class Stats:
     epochs: int = 0
     started: float | None = None
     finished: float | None = None
+    #: This process's CPU seconds (user + system) when the run started and finished, so a
+    #: benchmark can tell the load generator's own cost from the system under test's.
+    cpu_started: float | None = None
+    cpu_finished: float | None = None
+    cpu_clock: Callable[[], float] = time.process_time
+
+    def start(self, now: float) -> None:
+        self.started = now
+        self.cpu_started = self.cpu_clock()
+
+    def finish(self, now: float) -> None:
+        self.finished = now
+        self.cpu_finished = self.cpu_clock()
+
+    @property
+    def cpu_seconds(self) -> float | None:
+        if self.cpu_started is None or self.cpu_finished is None:
+            return None
+        return round(self.cpu_finished - self.cpu_started, 3)
 
     @property
     def duration(self) -> float:
@@ -58,6 +78,8 @@ def build_report(
         "epochs": stats.epochs,
         "duration_s": round(duration, 3),
         "mb_per_s": round(stats.bytes / duration / 1e6, 3) if duration > 0 else 0.0,
+        # The whole process's CPU over the run (with several connections: all of theirs).
+        "cpu_s": stats.cpu_seconds,
         "write_latency_ms": percentiles(stats.write_latency),
         "ping_rtt_ms": percentiles(stats.ping_rtt),
         "pings": len(stats.ping_rtt),

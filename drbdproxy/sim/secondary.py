@@ -72,7 +72,7 @@ class SecondaryVerifier:
                 raise VerificationError(
                     f"primary disconnected with {self._epoch_writes} writes not closed by a barrier"
                 )
-            self._stats.finished = self._clock.seconds()
+            self._stats.finish(self._clock.seconds())
             self._meta.send(Cmd.P_CONN_ST_CHG_REPLY, ReqStateReply(SS_SUCCESS).pack())
             self.disconnect_granted = True
             # The primary closes both sockets once it has read the reply; if it never does,
@@ -102,7 +102,7 @@ class SecondaryVerifier:
         if problem is not None:
             raise VerificationError(f"{where}: content differs from what the primary wrote: {problem}")
         if stats.started is None:
-            stats.started = self._clock.seconds()
+            stats.start(self._clock.seconds())
         stats.writes += 1
         stats.bytes += len(block)
         self._epoch_writes += 1
