@@ -66,25 +66,39 @@ class PacketDecoder:
         if self.failed is not None:
             return []
         buf = self._buf
-        buf += data
+        if buf:
+            buf += data
+        # With nothing held, packets are cut straight out of the new bytes and only an
+        # incomplete tail is kept: one copy per payload byte, not three.
+        source = buf if buf else data
         events: list[Event] = []
         off = 0
-        try:
-            while True:
-                header = decode_header(buf, off, self._max_payload)
-                if header is None:
-                    break
-                start = off + header.size
-                end = start + header.length
-                if end > len(buf):
-                    break
-                events.append(Packet(header, bytes(buf[start:end])))
-                off = end
-        except WireError as e:
-            self.failed = StreamError(self._consumed + off, e)
+        error: WireError | None = None
+        with memoryview(source) as view:
+            try:
+                while True:
+                    header = decode_header(view, off, self._max_payload)
+                    if header is None:
+                        break
+                    start = off + header.size
+                    end = start + header.length
+                    if end > len(view):
+                        break
+                    events.append(Packet(header, bytes(view[start:end])))
+                    off = end
+            except WireError as e:
+                error = e
+            if error is None and source is not buf:
+                buf += view[off:]
+        if error is not None:
+            self.failed = StreamError(self._consumed + off, error)
             events.append(self.failed)
             buf.clear()
             return events
+        if source is buf and off:
+            del buf[:off]
+        self._consumed += off
+        return events
         if off:
             del buf[:off]
             self._consumed += off

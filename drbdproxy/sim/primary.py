@@ -115,6 +115,13 @@ class PrimaryStream:
 
     def _pump(self) -> None:
         self._pump_call = None
+        self._data.cork()
+        try:
+            self._pumpTurn()
+        finally:
+            self._data.uncork()
+
+    def _pumpTurn(self) -> None:
         written = 0
         while self._writing and not self._paused:
             if self._limitReached():
@@ -153,7 +160,7 @@ class PrimaryStream:
         index = self._stats.writes
         size = config.block_size
         sector = self._next_sector
-        block = self._workload.block(index, sector, size)
+        block = self._workload.block_parts(index, sector, size)
         flags = DP_RW_SYNC
         if config.protocol is WireProtocol.C:
             flags |= DP_SEND_WRITE_ACK
@@ -168,7 +175,7 @@ class PrimaryStream:
         self._stats.bytes += size
         self._next_sector = next_sector(sector, size, self._sectors)
         header = DataHeader(sector, host_cookie(block_id), index + 1, flags)
-        self._data.send(Cmd.P_DATA, header.pack(), block)
+        self._data.send(Cmd.P_DATA, header.pack(), *block)
         return size
 
     def _closeEpoch(self) -> None:

@@ -47,6 +47,8 @@ class DrbdSocket(protocol.Protocol):
         self._decoder = PacketDecoder()
         #: Packets that arrived before this node finished its own socket check.
         self.early: list[Packet] = []
+        #: While corked, what send() frames waits here to be written as one buffer.
+        self._corked: list[bytes | memoryview] | None = None
 
     def __repr__(self) -> str:
         way = "out" if self.outgoing else "in"
@@ -66,13 +68,27 @@ class DrbdSocket(protocol.Protocol):
         self.owner.countSent(cmd.name)
         self.transport.write(encode_h80(cmd, 0))
 
-    def send(self, cmd: Cmd, payload: bytes = b"", data: bytes = b"", volume: int = 0) -> None:
-        header = encode_header(cmd, len(payload) + len(data), self.agreed_version, volume)
+    def send(self, cmd: Cmd, payload: bytes = b"", *data: bytes | memoryview,
+             volume: int = 0) -> None:
+        """Frame one packet; ``data`` (a block, possibly in parts) follows ``payload``."""
+        length = len(payload) + sum(map(len, data))
+        header = encode_header(cmd, length, self.agreed_version, volume)
         self.owner.countSent(cmd.name)
-        if data:
-            self.transport.writeSequence([header, payload, data])
+        if self._corked is not None:
+            self._corked += (header, payload, *data)
         else:
-            self.transport.write(header + payload)
+            self.transport.write(b"".join((header, payload, *data)))
+
+    def cork(self) -> None:
+        """Hold what send() frames until uncork(): a burst of writes then costs one copy into
+        one buffer, which the transport sends from without joining it again."""
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        parts, self._corked = self._corked, None
+        if parts and self.connected:
+            self.transport.write(b"".join(parts))
 
     def dataReceived(self, data: bytes) -> None:
         for event in self._decoder.feed(data):

@@ -104,12 +104,15 @@ class Workload:
 
     def block(self, index: int, sector: int, size: int) -> bytes:
         """The content of write number ``index`` (from 0) at ``sector``."""
+        return b"".join(self.block_parts(index, sector, size))
+
+    def block_parts(self, index: int, sector: int, size: int) -> tuple[bytes, memoryview]:
+        """``block()`` as its stamp and a view into the pool: whoever writes it copies it once."""
         if not STAMP.size <= size <= MAX_BLOCK:
             raise ValueError(f"block size {size} outside {STAMP.size}..{MAX_BLOCK}")
         off = self._offset(index)
-        # One copy out of the pool: the simulator is the load, it should cost little.
-        with memoryview(pool(self.name, self.seed)) as view:
-            return b"".join((self._stamp(index, sector), view[off : off + size - STAMP.size]))
+        rest = memoryview(pool(self.name, self.seed))[off : off + size - STAMP.size]
+        return self._stamp(index, sector), rest
 
     def check(self, index: int, sector: int, data: bytes | memoryview) -> str | None:
         """None if ``data`` is exactly write ``index`` at ``sector``; otherwise what differs."""
