@@ -18,6 +18,9 @@ in this process. P1 = proxy off / socat x2, P2 = proxy lz4 / lz4 codec speed (me
 reports (``mb_per_s`` = bytes / duration, MB = 10^6 bytes). Runs are interleaved round-robin over
 the setups, each run with fresh relays or daemons, so slow drift of this noisy VM spreads over
 all setups instead of biasing one. A bar chart goes to ``--img-dir``/throughput-goodput.png.
+Beside goodput, every run records the CPU seconds per GB of each relay process group (socat's
+forked children included) and of the two sims (their ``cpu_s``): throughput-cpu.png stacks them
+per setup against the most the whole machine may spend per GB for P2 = 0.5.
 
     .venv/bin/python bench/throughput.py [--size 512M] [--runs 3] [--out docs/benchmarks.md]
 
@@ -54,13 +57,10 @@ from drbdproxy.sim.workload import Workload
 from drbdproxy.units import parse_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import pyplot, save_figure  # noqa: E402
+from results import pyplot, save_figure, write_section  # noqa: E402
 
 BIN = Path(sys.executable).parent
 IP = "127.0.0.1"
-BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
-HEADER = ("# Benchmarks\n\nWritten by the scripts in `bench/`; each owns the section between its "
-          "`<!-- NAME:begin -->` and `<!-- NAME:end -->` markers.\n\n")
 CHUNK = 64 << 10
 TARGETS = {"P1": (0.7, 1.0), "P2": (0.5, 1.0)}  # (target, goal), SPEC section 5
 
@@ -408,8 +408,8 @@ def fmt(values: list[float]) -> tuple[str, str]:
 
 
 def render(results: list[Result], codecs: dict[str, tuple[list[float], float]], args,
-           facts: list[str], image: Path | None) -> str:
-    """The markdown section, markers included."""
+           facts: list[str], image: Path | None, cpu_image: Path | None = None) -> str:
+    """The markdown section's body."""
     rows = ["| setup | workload | verified runs | goodput median MB/s | min–max MB/s | "
             "median duration s | CPU s per GB, median | note |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -449,9 +449,10 @@ def render(results: list[Result], codecs: dict[str, tuple[list[float], float]], 
     budget = cpu_budget(next(r for r in results if r.name == "proxy lz4"), codecs["lz4"][0])
     failures = [f"- {r.name} run {i + 1}: {x.error}" for r in results
                 for i, x in enumerate(r.runs) if not x.ok]
-    plot = [f"![goodput per setup]({os.path.relpath(image, args.out.parent)})", ""] if image else []
+    plot = [f"![{alt}]({os.path.relpath(path, args.out.parent)})\n"
+            for alt, path in (("goodput per setup", image), ("CPU seconds per GB", cpu_image))
+            if path is not None]
     return "\n".join([
-        BEGIN, "## Throughput (P1, P2)", "",
         f"drbd-sim primary → secondary, protocol A, 64 KiB writes, {args.size} per run, "
         f"{args.runs} runs per setup interleaved round-robin, fresh relays/daemons per run. "
         "Goodput = the secondary's bytes / duration, MB = 10⁶ bytes. `socat x2` = two "
@@ -464,7 +465,7 @@ def render(results: list[Result], codecs: dict[str, tuple[list[float], float]], 
         "replication (their `cpu_s`), per 10⁹ bytes replicated; for a codec, 1 / its speed.", "",
         *rows, "", *ratios, "", *budget, *plot,
         "Failed runs: " + ("none" if not failures else ""), *failures, "",
-        *(f"- {f}" for f in facts), END, ""])
+        *(f"- {f}" for f in facts)])
 
 
 def cpu_budget(lz4_run: Result, lz4_speeds: list[float]) -> list[str]:
@@ -512,18 +513,36 @@ def plot_goodput(results: list[Result], codecs: dict[str, tuple[list[float], flo
     return save_figure(fig, img_dir, "throughput-goodput.png")
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace our marked section in ``path``, append it, or create the file with a header."""
-    text = path.read_text() if path.exists() else HEADER
-    start, end = text.find(BEGIN), text.find(END)
-    if start != -1 and end > start:
-        text = text[:start] + section.rstrip("\n") + text[end + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section if text.strip() else section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+#: Colours of the parts of a replication's CPU cost, in stacking order.
+CPU_PARTS = {"relays": "tab:gray", "alice": "tab:blue", "bob": "tab:cyan", "sims": "tab:olive"}
+
+
+def plot_cpu(results: list[Result], codecs: dict[str, tuple[list[float], float]],
+             img_dir: Path) -> Path | None:
+    """Stacked bars: CPU seconds per GB of every part of each setup (medians), the codecs' own
+    cost beside them, and the most the whole machine may spend for P2 = 0.5."""
+    plt = pyplot()
+    if plt is None or not any(r.cpu() for r in results):
+        return None
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    names = [r.name for r in results] + [CODEC_LABELS[n].split(" compress")[0] for n in codecs]
+    bottoms = [0.0] * len(names)
+    for part, colour in CPU_PARTS.items():
+        heights = [r.cpu().get(part, 0.0) for r in results] + [0.0] * len(codecs)
+        if any(heights):
+            ax.bar(names, heights, bottom=bottoms, color=colour, label=part)
+            bottoms = [b + h for b, h in zip(bottoms, heights)]
+    codec_costs = [0.0] * len(results) + [1000 / statistics.median(v[0]) for v in codecs.values()]
+    ax.bar(names, codec_costs, bottom=bottoms, color="tab:orange", label="codec, 1 thread")
+    lz4 = statistics.median(codecs["lz4"][0]) if codecs.get("lz4") else None
+    if lz4:
+        ax.axhline(2 / (0.5 * lz4 / 1000), color="tab:red", linestyle="--", linewidth=1,
+                   label="whole machine's most for P2 = 0.5 (2 cores)")
+    ax.set_ylabel("CPU seconds per GB replicated (median)")
+    ax.set_title("Where the 2 cores go, per GB")
+    ax.tick_params(axis="x", labelsize=8)
+    ax.legend(fontsize=8)
+    return save_figure(fig, img_dir, "throughput-cpu.png")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -567,8 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         procs.stop_all()
     image = plot_goodput(results, codecs, args.img_dir)
-    section = render(results, codecs, args, facts, image)
-    write_section(args.out, section)
+    section = render(results, codecs, args, facts, image, plot_cpu(results, codecs, args.img_dir))
+    write_section(args.out, "throughput", "Throughput (P1, P2)", section)
     print("\n" + section)
     failed = any(not x.ok for r in results for x in r.runs)
     if failed or args.keep_logs:

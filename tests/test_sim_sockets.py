@@ -6,7 +6,7 @@ from twisted.internet.testing import StringTransport
 
 from drbdproxy.drbd.decoder import PacketDecoder
 from drbdproxy.drbd.packets import Cmd
-from drbdproxy.sim.sockets import DrbdSocket
+from drbdproxy.sim.sockets import CORK_LIMIT, DrbdSocket
 from drbdproxy.sim.workload import Workload
 
 
@@ -51,3 +51,23 @@ def test_uncorked_send_writes_at_once_and_an_empty_cork_writes_nothing() -> None
     assert transport.value() == b""
     sock.send(Cmd.P_PING)
     assert [p.command for p in PacketDecoder().feed(transport.value())] == [Cmd.P_PING]
+
+
+def test_a_long_cork_writes_every_cork_limit_so_backpressure_can_act() -> None:
+    """A corked burst is handed to the transport whenever CORK_LIMIT bytes are held, so the
+    transport can pause its producer mid-burst as it would for separate writes; what is left
+    goes at uncork(), all in order."""
+    sock, transport, _ = _socket()
+    sock.agreed_version = 101  # h100 headers: 64 KiB payloads
+    writes: list[bytes] = []
+    transport.write = writes.append  # type: ignore[method-assign]
+    block = b"b" * (64 << 10)
+    sock.cork()
+    for _ in range(CORK_LIMIT // len(block) + 1):
+        sock.send(Cmd.P_DATA, b"H" * 24, block)
+    assert len(writes) == 1 and len(writes[0]) >= CORK_LIMIT
+    sock.uncork()
+    assert len(writes) == 2
+    packets = PacketDecoder().feed(b"".join(writes))
+    assert len(packets) == CORK_LIMIT // len(block) + 1
+    assert all(p.payload == b"H" * 24 + block for p in packets)

@@ -24,6 +24,10 @@ from ..units import address_bytes
 SOCKET_BUFFER = 512 << 10
 
 
+#: While corked, a socket writes what it holds once it holds this much.
+CORK_LIMIT = 256 << 10
+
+
 class SocketOwner(TypingProtocol):
     def socketMade(self, sock: DrbdSocket) -> None: ...
     def socketIdentified(self, sock: DrbdSocket) -> None: ...
@@ -49,6 +53,7 @@ class DrbdSocket(protocol.Protocol):
         self.early: list[Packet] = []
         #: While corked, what send() frames waits here to be written as one buffer.
         self._corked: list[bytes | memoryview] | None = None
+        self._corked_bytes = 0
 
     def __repr__(self) -> str:
         way = "out" if self.outgoing else "in"
@@ -74,19 +79,28 @@ class DrbdSocket(protocol.Protocol):
         length = len(payload) + sum(map(len, data))
         header = encode_header(cmd, length, self.agreed_version, volume)
         self.owner.countSent(cmd.name)
-        if self._corked is not None:
-            self._corked += (header, payload, *data)
-        else:
+        if self._corked is None:
             self.transport.write(b"".join((header, payload, *data)))
+            return
+        self._corked += (header, payload, *data)
+        self._corked_bytes += len(header) + length
+        if self._corked_bytes >= CORK_LIMIT:
+            self._flushCork()  # the transport may now ask its producer to pause, as DRBD would
 
     def cork(self) -> None:
-        """Hold what send() frames until uncork(): a burst of writes then costs one copy into
-        one buffer, which the transport sends from without joining it again."""
+        """Hold what send() frames until uncork(), writing it in buffers of CORK_LIMIT: a burst
+        of writes then costs one copy into a few buffers, which the transport sends from
+        without joining them again."""
         if self._corked is None:
             self._corked = []
 
     def uncork(self) -> None:
-        parts, self._corked = self._corked, None
+        self._flushCork()
+        self._corked = None
+
+    def _flushCork(self) -> None:
+        parts, self._corked = self._corked, []
+        self._corked_bytes = 0
         if parts and self.connected:
             self.transport.write(b"".join(parts))
 
