@@ -446,7 +446,7 @@ def render(results: list[Result], codecs: dict[str, tuple[list[float], float]], 
               ratio_row("—", "proxy off / haproxy x2", by_name["proxy off"], by_name["haproxy x2"]),
               ratio_row("—", "proxy zstd / zstd compress", by_name["proxy zstd"],
                         codecs["zstd"][0])]
-    budget = cpu_budget(next(r for r in results if r.name == "proxy lz4"), codecs["lz4"][0])
+    budget = cpu_budget({r.name: r for r in results}, codecs["lz4"][0])
     failures = [f"- {r.name} run {i + 1}: {x.error}" for r in results
                 for i, x in enumerate(r.runs) if not x.ok]
     plot = [f"![{alt}]({os.path.relpath(path, args.out.parent)})\n"
@@ -468,21 +468,34 @@ def render(results: list[Result], codecs: dict[str, tuple[list[float], float]], 
         *(f"- {f}" for f in facts)])
 
 
-def cpu_budget(lz4_run: Result, lz4_speeds: list[float]) -> list[str]:
-    """What caps P2: the CPU seconds one GB costs the whole machine with lz4 on, and lz4's share."""
+def cpu_budget(by_name: dict[str, Result], lz4_speeds: list[float]) -> list[str]:
+    """What caps P2: the CPU seconds one GB costs the whole machine with lz4 on, lz4's share, and
+    what an ideal pair would cost: two socat hops plus the codec, with the same sims."""
+    lz4_run, off, socat = by_name["proxy lz4"], by_name["proxy off"].cpu(), by_name["socat x2"].cpu()
     cpu = lz4_run.cpu()
     if not cpu or not lz4_run.goodputs() or not lz4_speeds:
         return []
     total = sum(cpu.values())
-    lz4_cost = 1000 / statistics.median(lz4_speeds)
+    speed = statistics.median(lz4_speeds)
+    lz4_cost = 1000 / speed
     parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
-    return [f"**What limits P2.** With lz4 on, one GB replicated costs the machine {total:.2f} "
-            f"CPU seconds ({parts}); compressing it once costs {lz4_cost:.2f} of them (the "
-            f"single-thread speed above). Two cores at that cost carry at most "
-            f"{2000 / total:.0f} MB/s; the pair carried "
-            f"{statistics.median(lz4_run.goodputs()):.0f} MB/s. P2 = 0.5 needs the whole machine to "
-            f"spend at most {2 / (0.5 * statistics.median(lz4_speeds) / 1000):.2f} CPU seconds "
-            "per GB, sims included.", ""]
+    lines = [f"**What limits P2.** With lz4 on, one GB replicated costs the machine {total:.2f} "
+             f"CPU seconds ({parts}); compressing it once costs {lz4_cost:.2f} of them (the "
+             f"single-thread speed above). Two cores at that cost carry at most "
+             f"{2000 / total:.0f} MB/s; the pair carried "
+             f"{statistics.median(lz4_run.goodputs()):.0f} MB/s. P2 = 0.5 needs the whole machine "
+             f"to spend at most {2 / (0.5 * speed / 1000):.2f} CPU seconds per GB, sims included."]
+    if {"relays"} <= socat.keys() and {"bob"} <= off.keys() and {"bob", "sims"} <= cpu.keys():
+        decompress = max(0.0, cpu["bob"] - off["bob"])
+        floor = socat["relays"] + lz4_cost + decompress + cpu["sims"]
+        lines.append(
+            f"A pair that relayed at socat's cost ({socat['relays']:.2f} for both hops) and spent "
+            f"on top only the compression ({lz4_cost:.2f}) and bob's decompression (bob's lz4 "
+            f"minus bob's off cost, {decompress:.2f}) would, with these sims ({cpu['sims']:.2f}), "
+            f"cost {floor:.2f} per GB: at most {2000 / floor:.0f} MB/s, P2 = "
+            f"{2000 / floor / speed:.2f}. The pair's own cost above that floor is "
+            f"{cpu.get('alice', 0) + cpu['bob'] - socat['relays'] - lz4_cost - decompress:.2f}.")
+    return [" ".join(lines), ""]
 
 
 CODEC_LABELS = {"lz4": "lz4.block compress, 1 thread", "zstd": "zstd level 3 compress, 1 thread"}
