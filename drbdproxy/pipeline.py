@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from .codecs import RAW_CODEC, Codec, encode_chunk
 from .link import data_checksum, encode_data_header
+from .vectored import write_pieces
 from .workers import Workers
 
 
@@ -270,10 +271,7 @@ class FrameWriter:
                     self._sleep(wait)
                     return
             queue.popleft()
-            if len(entry.chunks) == 1:
-                self._transport.write(entry.chunks[0])
-            else:
-                self._transport.writeSequence(entry.chunks)
+            write_pieces(self._transport, entry.chunks)
             self.sent += entry.size
             self._budget.sub(entry.cost)
 

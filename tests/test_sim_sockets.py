@@ -60,7 +60,7 @@ def test_a_long_cork_writes_every_cork_limit_so_backpressure_can_act() -> None:
     sock, transport, _ = _socket()
     sock.agreed_version = 101  # h100 headers: 64 KiB payloads
     writes: list[bytes] = []
-    transport.write = writes.append  # type: ignore[method-assign]
+    transport.writeSequence = lambda seq: writes.append(b"".join(seq))  # type: ignore[method-assign]
     block = b"b" * (64 << 10)
     sock.cork()
     for _ in range(CORK_LIMIT // len(block) + 1):

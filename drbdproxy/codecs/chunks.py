@@ -86,8 +86,10 @@ def _byte_view(data: Buffer) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
-def decode_chunk(codec_id: int, payload: Buffer, raw_size: int) -> bytes:
+def decode_chunk(codec_id: int, payload: Buffer, raw_size: int) -> bytes | memoryview:
     """The ``raw_size`` bytes that ``payload`` encodes with codec ``codec_id``.
+
+    A raw chunk that arrived in immutable bytes (or a view of them) comes back as it is: no copy.
 
     :raises CodecError: on an unknown id, a raw size outside 0..MAX_CHUNK, corrupt or truncated
         data, trailing garbage, or a result whose length is not ``raw_size``.
@@ -103,11 +105,14 @@ def decode_chunk(codec_id: int, payload: Buffer, raw_size: int) -> bytes:
     return _decode_compressed(cid, payload, raw_size)
 
 
-def _decode_raw(payload: Buffer, raw_size: int) -> bytes:
+def _decode_raw(payload: Buffer, raw_size: int) -> bytes | memoryview:
     length = memoryview(payload).nbytes
     if length != raw_size:
         raise CodecError(f"raw chunk of {length} bytes, expected {raw_size}")
-    return payload if type(payload) is bytes else bytes(payload)
+    if type(payload) is bytes or (isinstance(payload, memoryview) and type(payload.obj) is bytes
+                                  and payload.c_contiguous and payload.format == "B"):
+        return payload  # nobody can change it under us
+    return bytes(payload)
 
 
 def _decode_compressed(cid: CodecId, payload: Buffer, raw_size: int) -> bytes:

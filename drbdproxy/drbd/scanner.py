@@ -31,7 +31,7 @@ class PacketScanner:
         #: Stream offset of the header being read: where a bad one is reported.
         self._header_at = 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         if self.opaque is not None:
             return
         try:
@@ -40,7 +40,7 @@ class PacketScanner:
             self.opaque = f"{e} at stream offset {self._header_at}"
         self._offset += len(data)
 
-    def _scan(self, data: bytes) -> None:
+    def _scan(self, data: bytes | memoryview) -> None:
         n = len(data)
         pos = 0
         counts = self.counts
@@ -65,7 +65,7 @@ class PacketScanner:
             counts[packet_name(header.command)] += 1
             self._skip = header.length
 
-    def _collect(self, data: bytes, pos: int) -> int:
+    def _collect(self, data: bytes | memoryview, pos: int) -> int:
         head = self._head
         version = header_version(head) if len(head) >= 4 else None
         want = version.size if version is not None else 4

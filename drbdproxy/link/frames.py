@@ -540,7 +540,7 @@ class Data:
     def encode(self) -> bytes:
         return self.header() + self.payload
 
-    def verify(self, raw: bytes) -> None:
+    def verify(self, raw: bytes | memoryview) -> None:
         """Raise DATA_CORRUPT unless ``raw`` (the decompressed payload) matches length and CRC-32C."""
         if len(raw) != self.raw_length or data_checksum(raw) != self.crc32c:
             raise LinkProtocolError(

@@ -22,6 +22,7 @@ from ..drbd.packets import Cmd
 from ..drbd.scanner import PacketScanner
 from ..link import Close, CloseReason, Data, ErrorCode, LinkProtocolError, StreamKind
 from ..pipeline import Encoded, chunks
+from ..vectored import write_pieces
 
 if TYPE_CHECKING:
     from ..connection import ProxyConnection
@@ -138,7 +139,7 @@ class Stream:
         self.kind = kind
         self.sock: DrbdSocket | None = None
         self.peer: str = "-"
-        self._pending: list[bytes] = []
+        self._pending: list[bytes | memoryview] = []
         self._pending_bytes = 0
         self._remote_closed = False
         self._local_closed = False
@@ -243,10 +244,10 @@ class Stream:
             return
         self._deliver(raw)
 
-    def _deliver(self, raw: bytes) -> None:
+    def _deliver(self, raw: bytes | memoryview) -> None:
         # Counted as it is handed to DRBD's socket, so the counts match what DRBD receives.
         self._scan(self.scan_from_peer, raw, "from peer")
-        self.sock.transport.write(raw)  # type: ignore[union-attr]
+        write_pieces(self.sock.transport, (raw,))  # type: ignore[union-attr]
 
     def remoteClosed(self, frame: Close) -> None:
         self._remote_closed = True

@@ -19,6 +19,7 @@ from ..drbd.decoder import Packet, PacketDecoder, StreamError
 from ..drbd.header import HeaderVersion, encode_h80, encode_header
 from ..drbd.packets import Cmd, Sock, packet_name, socket_of_initial
 from ..units import address_bytes
+from ..vectored import write_pieces
 
 #: Read size and write-buffer mark of a simulated DRBD socket.
 SOCKET_BUFFER = 512 << 10
@@ -80,7 +81,7 @@ class DrbdSocket(protocol.Protocol):
         header = encode_header(cmd, length, self.agreed_version, volume)
         self.owner.countSent(cmd.name)
         if self._corked is None:
-            self.transport.write(b"".join((header, payload, *data)))
+            write_pieces(self.transport, (header, payload, *data))
             return
         self._corked += (header, payload, *data)
         self._corked_bytes += len(header) + length
@@ -88,9 +89,8 @@ class DrbdSocket(protocol.Protocol):
             self._flushCork()  # the transport may now ask its producer to pause, as DRBD would
 
     def cork(self) -> None:
-        """Hold what send() frames until uncork(), writing it in buffers of CORK_LIMIT: a burst
-        of writes then costs one copy into a few buffers, which the transport sends from
-        without joining them again."""
+        """Hold what send() frames until uncork(), writing it CORK_LIMIT at a time: a burst of
+        writes then goes out in a few sendmsg() calls straight from the blocks' pieces."""
         if self._corked is None:
             self._corked = []
 
@@ -102,7 +102,7 @@ class DrbdSocket(protocol.Protocol):
         parts, self._corked = self._corked, []
         self._corked_bytes = 0
         if parts and self.connected:
-            self.transport.write(b"".join(parts))
+            write_pieces(self.transport, parts)
 
     def dataReceived(self, data: bytes) -> None:
         for event in self._decoder.feed(data):
