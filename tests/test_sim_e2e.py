@@ -201,6 +201,7 @@ def test_one_failed_connection_ends_the_whole_process(sims):
     assert rc == 1 and report["verified"] is False
     assert report["error"].startswith("connection 1: no connection to the peer")
     assert report["connections"][0]["error"] == "stopped: connection 1 failed"
+    assert not [line for line in primary.stderr if "Unhandled" in line or "Traceback" in line]
     secondary.report()
 
 

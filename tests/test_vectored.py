@@ -7,9 +7,9 @@ import socket
 import pytest
 from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
-from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from drbdproxy.vectored import unsent, write_pieces
+from drbdproxy.vectored import IOV_MAX, unsent, write_pieces
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def connection():
     ours, theirs = socket.socketpair()
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    transport = tcp.Connection(ours, Protocol(), MemoryReactor())
+    transport = tcp.Connection(ours, Protocol(), MemoryReactorClock())
     transport.connected = 1
     yield transport, theirs
     ours.close()
@@ -77,6 +77,29 @@ def test_a_tls_transport_is_never_written_around(connection) -> None:
         peer.recv(10)
 
 
+@pytest.mark.parametrize("close", ["loseWriteConnection", "abortConnection"])
+def test_nothing_goes_around_a_closing_transport(connection, close: str) -> None:
+    """Once the write side is being closed or the connection aborted, the transport alone
+    decides what still goes out (before its FIN, or nothing): no sendmsg of ours."""
+    transport, peer = connection
+    getattr(transport, close)()
+    write_pieces(transport, [b"late"])
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(10)
+
+
+def test_more_pieces_than_one_sendmsg_takes(connection) -> None:
+    """Over IOV_MAX pieces go out in several sendmsg calls, still without queueing any."""
+    transport, peer = connection
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    pieces = [bytes([i % 251]) for i in range(IOV_MAX * 2 + 5)]
+    write_pieces(transport, pieces)
+    assert transport._tempDataLen == 0
+    assert _read_all(transport, peer, len(pieces)) == b"".join(pieces)
+
+
 def test_other_transports_get_bytes_in_one_writeSequence() -> None:
     """Anything but a plain TCP connection gets the pieces as bytes, in order."""
     transport = StringTransport()
@@ -90,3 +113,9 @@ def test_other_transports_get_bytes_in_one_writeSequence() -> None:
 def test_unsent_skips_whole_and_partial_pieces(sent: int, left: list[bytes]) -> None:
     """unsent() drops the pieces that went out and cuts the one that went out in part."""
     assert [bytes(p) for p in unsent([b"abc", b"de"], sent)] == left
+
+
+def test_unsent_counts_bytes_of_wide_views() -> None:
+    """A view of 4-byte items counts (and is cut) in bytes, not items."""
+    wide = memoryview(bytes(range(8))).cast("I")
+    assert [bytes(p) for p in unsent([wide, b"z"], 5)] == [bytes(range(5, 8)), b"z"]

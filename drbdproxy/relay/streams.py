@@ -139,7 +139,7 @@ class Stream:
         self.kind = kind
         self.sock: DrbdSocket | None = None
         self.peer: str = "-"
-        self._pending: list[bytes | memoryview] = []
+        self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._remote_closed = False
         self._local_closed = False
@@ -237,7 +237,7 @@ class Stream:
         if self._local_closed:
             return  # our DRBD socket is gone; what was in flight is dropped with it
         if self.sock is None:
-            self._pending.append(raw)
+            self._pending.append(bytes(raw))  # not a view pinning the whole read it came in
             self._pending_bytes += len(raw)
             if self._pending_bytes > _PENDING_LIMIT:
                 self.link.reading.pause((self, "pending"))  # type: ignore[union-attr]

@@ -195,14 +195,20 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                 failed.append(i)
                 for j, other in enumerate(nodes):
                     if reports[j] is None:
-                        other.fail(f"stopped: connection {i} failed")
-            if all(r is not None for r in reports):
+                        other.fail(f"stopped: connection {i} failed")  # re-enters ended()
+            if all(r is not None for r in reports) and not result:
                 result.update(combined_report([r for r in reports if r is not None],
                                               failed[0] if failed else None))
                 reactor.stop()  # type: ignore[attr-defined]
 
+        def crashed(failure: Any) -> None:  # a bug: say so and end, rather than hang
+            print(f"drbd-sim: error: {failure.getTraceback()}", file=sys.stderr)
+            if not result:
+                result["_startup_error"] = True
+                reactor.stop()  # type: ignore[attr-defined]
+
         for i, d in enumerate(runs):
-            d.addCallback(ended, i)
+            d.addCallback(ended, i).addErrback(crashed)
 
     reactor.callWhenRunning(start)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
