@@ -26,6 +26,19 @@ def write_section(path: Path, name: str, title: str, body: str) -> None:
     os.replace(tmp, path)
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_stat(pid: int | str) -> list[str]:
+    """/proc/PID/stat's fields after the command name (state, ppid, pgrp, ... utime is [11])."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(fields: list[str], children: bool = False) -> float:
+    """User + system CPU seconds from proc_stat() fields (with reaped children's if asked)."""
+    return sum(int(x) for x in fields[11 : 15 if children else 13]) / CLK_TCK
+
+
 def pyplot() -> Any:
     """matplotlib's pyplot on the Agg backend, or None (saying so) when matplotlib is missing."""
     try:

@@ -87,7 +87,8 @@ from typing import Callable
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from results import pyplot, save_figure, write_section  # noqa: E402
+from results import cpu_seconds as process_cpu  # noqa: E402
+from results import proc_stat, pyplot, save_figure, write_section  # noqa: E402
 from throughput import BIN, IP, Processes, tail  # noqa: E402
 from wan import Control, conn_name, med_range, rss_bytes, stop_daemon  # noqa: E402 (adds tests/)
 
@@ -505,8 +506,7 @@ def wait_steady(m: Measure, ctls: dict[str, Control], memlimit: int, timeout: fl
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads), from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return process_cpu(proc_stat(pid))
 
 
 def load_cpu_seconds(loads: list[subprocess.Popen]) -> float:

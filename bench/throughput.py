@@ -57,7 +57,7 @@ from drbdproxy.sim.workload import Workload
 from drbdproxy.units import parse_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import pyplot, save_figure, write_section  # noqa: E402
+from results import cpu_seconds, proc_stat, pyplot, save_figure, write_section  # noqa: E402
 
 BIN = Path(sys.executable).parent
 IP = "127.0.0.1"
@@ -140,24 +140,22 @@ class Processes:
             self.stop(proc, grace=3.0)
 
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def group_cpu(pgid: int) -> float:
-    """CPU seconds (user + system, reaped children's included) of every process in group pgid:
-    socat forks a child per connection."""
-    total = 0
+def relay_cpu(relays: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds (user + system, reaped children's included) of every relay, summed over its
+    process groups (socat forks a child per connection): one pass over /proc."""
+    by_group: dict[int, float] = {}
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # after the name: state, ppid, pgrp, ...
-            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-    return total / CLK_TCK
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = proc_stat(entry.name)
+                group = int(fields[2])
+                by_group[group] = by_group.get(group, 0.0) + cpu_seconds(fields, children=True)
+    return {name: sum(by_group.get(g, 0.0) for g in groups) for name, groups in relays.items()}
+
+
+def p2_budget(lz4_speed: float) -> float:
+    """The most CPU seconds per GB the whole 2-core machine may spend for P2 = 0.5."""
+    return 2 / (0.5 * lz4_speed / 1000)
 
 
 def free_ports(n: int) -> list[int]:
@@ -317,7 +315,7 @@ def run_sims(procs: Processes, ends: Endpoints, workload: str, size: int) -> Run
     """One replication of ``size`` bytes; the secondary's report decides goodput."""
     common = ["--protocol", "A", "--block-size", "64k", "--ping-timeout", "30"]
     sim = str(BIN / "drbd-sim")
-    relay_cpu = {name: sum(map(group_cpu, groups)) for name, groups in ends.relays.items()}
+    cpu_before = relay_cpu(ends.relays)
     secondary = procs.start("secondary", [sim, "--role", "secondary", "--listen",
                                           f"{IP}:{ends.b_drbd}", "--peer", f"{IP}:{ends.b_peer}",
                                           *common])
@@ -334,8 +332,7 @@ def run_sims(procs: Processes, ends: Endpoints, workload: str, size: int) -> Run
         procs.stop(primary)
         procs.stop(secondary)
     gb = size / 1e9
-    cpu = {name: (sum(map(group_cpu, ends.relays[name])) - before) / gb
-           for name, before in relay_cpu.items()}
+    cpu = {name: (after - cpu_before[name]) / gb for name, after in relay_cpu(ends.relays).items()}
     reports = {}
     for role in ("primary", "secondary"):
         try:
@@ -484,17 +481,18 @@ def cpu_budget(by_name: dict[str, Result], lz4_speeds: list[float]) -> list[str]
              f"single-thread speed above). Two cores at that cost carry at most "
              f"{2000 / total:.0f} MB/s; the pair carried "
              f"{statistics.median(lz4_run.goodputs()):.0f} MB/s. P2 = 0.5 needs the whole machine "
-             f"to spend at most {2 / (0.5 * speed / 1000):.2f} CPU seconds per GB, sims included."]
+             f"to spend at most {p2_budget(speed):.2f} CPU seconds per GB, sims included."]
     if {"relays"} <= socat.keys() and {"bob"} <= off.keys() and {"bob", "sims"} <= cpu.keys():
         decompress = max(0.0, cpu["bob"] - off["bob"])
-        floor = socat["relays"] + lz4_cost + decompress + cpu["sims"]
+        pair_floor = socat["relays"] + lz4_cost + decompress
+        floor = pair_floor + cpu["sims"]
         lines.append(
             f"A pair that relayed at socat's cost ({socat['relays']:.2f} for both hops) and spent "
             f"on top only the compression ({lz4_cost:.2f}) and bob's decompression (bob's lz4 "
             f"minus bob's off cost, {decompress:.2f}) would, with these sims ({cpu['sims']:.2f}), "
             f"cost {floor:.2f} per GB: at most {2000 / floor:.0f} MB/s, P2 = "
             f"{2000 / floor / speed:.2f}. The pair's own cost above that floor is "
-            f"{cpu.get('alice', 0) + cpu['bob'] - socat['relays'] - lz4_cost - decompress:.2f}.")
+            f"{cpu.get('alice', 0) + cpu['bob'] - pair_floor:.2f}.")
     return [" ".join(lines), ""]
 
 
@@ -549,7 +547,7 @@ def plot_cpu(results: list[Result], codecs: dict[str, tuple[list[float], float]]
     ax.bar(names, codec_costs, bottom=bottoms, color="tab:orange", label="codec, 1 thread")
     lz4 = statistics.median(codecs["lz4"][0]) if codecs.get("lz4") else None
     if lz4:
-        ax.axhline(2 / (0.5 * lz4 / 1000), color="tab:red", linestyle="--", linewidth=1,
+        ax.axhline(p2_budget(lz4), color="tab:red", linestyle="--", linewidth=1,
                    label="whole machine's most for P2 = 0.5 (2 cores)")
     ax.set_ylabel("CPU seconds per GB replicated (median)")
     ax.set_title("Where the 2 cores go, per GB")

@@ -49,7 +49,7 @@ from helpers import SimProcess  # noqa: E402
 from netns import A_IP, B_IP, Wan, wan_available  # noqa: E402
 
 sys.path.insert(0, str(HERE))
-from results import write_section  # noqa: E402
+from results import proc_stat, write_section  # noqa: E402
 
 from drbdproxy.units import parse_size  # noqa: E402
 
@@ -165,7 +165,7 @@ def stop_daemon(d: Daemon) -> None:
 
 def _alive(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return proc_stat(pid)[0] != "Z"
     except (OSError, IndexError):
         return False
 
