@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Union
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -95,15 +95,15 @@ class Encoded:
     codec: int
     raw_length: int
     crc32c: int
-    payload: bytes
+    payload: bytes | memoryview
 
 
-#: Below this a chunk is compressed on the reactor thread: a thread hop would cost more, and
-#: small chunks are DRBD's meta traffic, which must not wait behind compression work.
+#: Below this a read is compressed on the reactor thread: a thread hop would cost more, and
+#: small reads are DRBD's meta traffic, which must not wait behind compression work.
 INLINE_LIMIT = 16 << 10
 
 
-def _encode(codec: Codec, data: bytes) -> Encoded:
+def _encode(codec: Codec, data: bytes | memoryview) -> Encoded:
     crc = data_checksum(data)
     if codec.id == RAW_CODEC.id:
         return Encoded(0, len(data), crc, data)
@@ -111,20 +111,28 @@ def _encode(codec: Codec, data: bytes) -> Encoded:
     return Encoded(codec_id, len(data), crc, payload)
 
 
+def _encode_all(codec: Codec, pieces: list[bytes | memoryview]) -> list[Encoded]:
+    return [_encode(codec, piece) for piece in pieces]
+
+
 class ChunkEncoder:
     """Compresses and checksums chunks off the reactor thread, except small and raw ones.
 
     A raw chunk only needs its CRC-32C (tens of GB/s): a thread hop would cost more than that.
+    All chunks of one DRBD read go to a worker as one job: one hand-off each way per read, not
+    per chunk, and on a saturated machine every hand-off is a few futex calls and a GIL switch.
     """
 
     def __init__(self, workers: Workers) -> None:
         self._workers = workers
 
-    def encode(self, codec: Codec, data: bytes) -> Encoded | Deferred[Encoded]:
-        """The encoded chunk now, or a Deferred firing with it once a worker thread is done."""
-        if codec.id == RAW_CODEC.id or len(data) < INLINE_LIMIT:
-            return _encode(codec, data)
-        return self._workers.submit(_encode, codec, data)
+    def encodeAll(self, codec: Codec, pieces: list[bytes | memoryview]
+                  ) -> list[Encoded] | Deferred[list[Encoded]]:
+        """``pieces`` encoded in order, now or (compressing a read of INLINE_LIMIT or more) once
+        a worker thread is done with all of them."""
+        if codec.id == RAW_CODEC.id or sum(map(len, pieces)) < INLINE_LIMIT:
+            return _encode_all(codec, pieces)
+        return self._workers.submit(_encode_all, codec, pieces)
 
 
 class DrainRate:
@@ -171,10 +179,17 @@ class TokenBucket:
         return (min(n, self.burst) - self._tokens) / self.rate
 
 
+#: At most this many bytes of ready frames go to the link's transport in one write (one
+#: sendmsg); more frames wait for the next round, so the transport never holds much beyond it.
+WRITE_BATCH = 256 << 10
+
+_Piece = Union[bytes, memoryview]
+
+
 class _Entry:
     __slots__ = ("chunks", "cost", "size")
 
-    def __init__(self, chunks: list[bytes] | None, cost: int) -> None:
+    def __init__(self, chunks: list[_Piece] | None, cost: int) -> None:
         self.chunks = chunks
         self.cost = cost
         #: Bytes on the wire, known once the frame is ready.
@@ -228,32 +243,33 @@ class FrameWriter:
         self._queue.append(_Entry([data], cost))
         self._flush()
 
-    def pushData(self, stream: int, encoded: Encoded | Deferred[Encoded], raw_cost: int,
-                 on_encoded: Callable[[Encoded], object] | None = None) -> None:
-        """Queue a DATA frame, ready or still being compressed; order is kept.
-
-        ``on_encoded`` sees the encoded chunk once it is ready (the stream counts wire bytes).
-        """
-        entry = _Entry(None, raw_cost)
-        self._queue.append(entry)
-        if isinstance(encoded, Encoded):
-            self._encoded(encoded, entry, stream, on_encoded)
+    def pushDataAll(self, stream: int, encoded: list[Encoded] | Deferred[list[Encoded]],
+                    raw_costs: list[int],
+                    on_encoded: Callable[[Encoded], object] | None = None) -> None:
+        """Queue one DATA frame per raw cost, in order: the chunks of one DRBD read, encoded
+        (``encoded`` has one Encoded per cost) or still being compressed together."""
+        entries = [_Entry(None, cost) for cost in raw_costs]
+        self._queue.extend(entries)
+        if isinstance(encoded, list):
+            self._encoded(encoded, entries, stream, on_encoded)
         else:
             encoded.addCallbacks(self._encoded, self._failed,
-                                 callbackArgs=(entry, stream, on_encoded))
+                                 callbackArgs=(entries, stream, on_encoded))
 
-    def _encoded(self, enc: Encoded, entry: _Entry, stream: int,
+    def _encoded(self, encoded: list[Encoded], entries: list[_Entry], stream: int,
                  on_encoded: Callable[[Encoded], object] | None = None) -> None:
-        if on_encoded is not None:
-            on_encoded(enc)
-        if self._closed:
-            return
-        header = encode_data_header(stream, enc.codec, enc.raw_length, enc.crc32c, len(enc.payload))
-        # Hold what the frame really costs now: the compressed payload, not the raw chunk.
-        wire = len(header) + len(enc.payload)
-        self._budget.sub(entry.cost - wire)
-        entry.cost = entry.size = wire
-        entry.chunks = [header, enc.payload]
+        for enc, entry in zip(encoded, entries):
+            if on_encoded is not None:
+                on_encoded(enc)
+            if self._closed:
+                return
+            header = encode_data_header(stream, enc.codec, enc.raw_length, enc.crc32c,
+                                        len(enc.payload))
+            # Hold what the frame really costs now: the compressed payload, not the raw chunk.
+            wire = len(header) + len(enc.payload)
+            self._budget.sub(entry.cost - wire)
+            entry.cost = entry.size = wire
+            entry.chunks = [header, enc.payload]
         self._flush()
 
     def _failed(self, failure: Failure) -> None:
@@ -263,17 +279,32 @@ class FrameWriter:
     def _flush(self) -> None:
         queue = self._queue
         while queue and queue[0].chunks is not None and not self._paused and not self._closed:
-            entry = queue[0]
-            assert entry.chunks is not None
             if self._limiter is not None:
-                wait = self._limiter.delay(entry.size)
+                wait = self._limiter.delay(queue[0].size)
                 if wait > 0:
                     self._sleep(wait)
                     return
-            queue.popleft()
-            write_pieces(self._transport, entry.chunks)
-            self.sent += entry.size
-            self._budget.sub(entry.cost)
+                batch = [queue.popleft()]
+            else:
+                batch = self._readyBatch()
+            pieces: list[_Piece] = []
+            for entry in batch:
+                pieces += entry.chunks  # type: ignore[arg-type]
+            write_pieces(self._transport, pieces)
+            for entry in batch:
+                self.sent += entry.size
+                self._budget.sub(entry.cost)
+
+    def _readyBatch(self) -> list[_Entry]:
+        """Ready frames from the head of the queue, up to WRITE_BATCH bytes (at least one)."""
+        queue = self._queue
+        batch = [queue.popleft()]
+        size = batch[0].size
+        while queue and queue[0].chunks is not None and size + queue[0].size <= WRITE_BATCH:
+            entry = queue.popleft()
+            batch.append(entry)
+            size += entry.size
+        return batch
 
     def _sleep(self, wait: float) -> None:
         if self._wakeup is None or not self._wakeup.active():
@@ -299,11 +330,15 @@ class FrameWriter:
 
 
 class PauseReasons:
-    """Pauses a transport's reading while any reason holds (pause/resume are not counted)."""
+    """Pauses a transport's reading while any reason holds (pause/resume are not counted).
 
-    def __init__(self, transport: Any) -> None:
+    ``on_clear`` is called whenever the last reason goes, just before reading resumes.
+    """
+
+    def __init__(self, transport: Any, on_clear: Callable[[], object] | None = None) -> None:
         self._transport = transport
         self._reasons: set[object] = set()
+        self._on_clear = on_clear
 
     def pause(self, reason: object) -> None:
         if not self._reasons:
@@ -314,6 +349,8 @@ class PauseReasons:
         if reason in self._reasons:
             self._reasons.discard(reason)
             if not self._reasons:
+                if self._on_clear is not None:
+                    self._on_clear()
                 self._transport.resumeProducing()
 
     @property
@@ -321,11 +358,15 @@ class PauseReasons:
         return bool(self._reasons)
 
 
-def chunks(data: bytes, size: int) -> Iterable[bytes]:
-    """Split ``data`` into pieces of at most ``size`` bytes (no copy when it already fits)."""
+def chunks(data: bytes, size: int) -> list[bytes | memoryview]:
+    """Split ``data`` into pieces of at most ``size`` bytes, in order.
+
+    Pieces of immutable bytes are views of it (no copy); those of anything else are copies,
+    so nobody can change them while they wait to be compressed or sent.
+    """
     if len(data) <= size:
-        yield data
-        return
+        return [data]
     view = memoryview(data)
-    for i in range(0, len(data), size):
-        yield bytes(view[i : i + size])
+    if type(data) is bytes:
+        return [view[i : i + size] for i in range(0, len(data), size)]
+    return [bytes(view[i : i + size]) for i in range(0, len(data), size)]

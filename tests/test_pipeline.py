@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
+from drbdproxy.codecs import CodecId, Lz4Codec
 from drbdproxy.link import Data, LinkDecoder, Open, Side, StreamKind
-from drbdproxy.pipeline import Budget, Encoded, FrameWriter, PauseReasons, chunks
+from drbdproxy.pipeline import (
+    WRITE_BATCH, Budget, ChunkEncoder, Encoded, FrameWriter, PauseReasons, chunks,
+)
 
 
 @implementer(IPushProducer)
@@ -81,10 +86,10 @@ def test_frame_writer_keeps_order_while_compression_finishes_out_of_order():
     first, second = Deferred(), Deferred()
     for d in (first, second):
         budget.add(4)
-        writer.pushData(1, d, 4)
-    second.callback(Encoded(0, 4, 0x1234, b"BBBB"))
+        writer.pushDataAll(1, d, [4])
+    second.callback([Encoded(0, 4, 0x1234, b"BBBB")])
     assert transport.value() == b""  # the first chunk is not ready yet
-    first.callback(Encoded(0, 4, 0x5678, b"AAAA"))
+    first.callback([Encoded(0, 4, 0x5678, b"AAAA")])
     decoder = handshake_done_decoder()
     decoder.feed(Open(1, StreamKind.DATA, Side.CLIENT).encode())  # the stream exists
     frames = decoder.feed(transport.value())
@@ -114,8 +119,8 @@ def test_budget_holds_the_compressed_size_once_known():
     writer.pauseProducing()
     pending = Deferred()
     budget.add(65536)
-    writer.pushData(3, pending, 65536)
-    pending.callback(Encoded(1, 65536, 0, b"z" * 1000))
+    writer.pushDataAll(3, pending, [65536])
+    pending.callback([Encoded(1, 65536, 0, b"z" * 1000)])
     assert budget.used == 1000 + 21  # payload plus frame header and DATA prefix
 
 
@@ -172,3 +177,82 @@ def test_drain_rate_learns_only_from_busy_intervals():
     assert rate.rate == 10_000_000
     assert rate.drain_seconds(25_000_000) == 2.5 and rate.drain_seconds(0) == 0.0
     assert DrainRate().drain_seconds(5) is None
+
+
+class CountingTransport(StringTransport):
+    """Counts the writes handed to it: one writeSequence per batch of frames."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def writeSequence(self, seq) -> None:
+        self.writes += 1
+        super().writeSequence(seq)
+
+
+def data_payloads(transport: StringTransport) -> list[bytes]:
+    decoder = handshake_done_decoder()
+    decoder.feed(Open(1, StreamKind.DATA, Side.CLIENT).encode())
+    return [bytes(f.payload) for f in decoder.feed(transport.value()) if isinstance(f, Data)]
+
+
+def test_the_chunks_of_one_read_are_queued_together_and_written_in_one_go():
+    """The frames of one DRBD read, encoded together, reach the link in one write, in order."""
+    transport = CountingTransport()
+    budget = Budget(1 << 20)
+    writer = FrameWriter(transport, budget, lambda f: None)
+    pending: Deferred = Deferred()
+    budget.add(12)
+    writer.pushDataAll(1, pending, [4, 4, 4])
+    assert transport.value() == b"" and writer.queued == 3
+    pending.callback([Encoded(0, 4, i, bytes([65 + i]) * 4) for i in range(3)])
+    assert transport.writes == 1
+    assert data_payloads(transport) == [b"AAAA", b"BBBB", b"CCCC"]
+    assert budget.used == 0
+
+
+def test_one_write_carries_at_most_write_batch_bytes_of_frames():
+    """Ready frames beyond WRITE_BATCH bytes go in a further write, so the link's transport
+    never holds much more than one batch."""
+    transport = CountingTransport()
+    writer = FrameWriter(transport, Budget(1 << 30), lambda f: None)
+    writer.pauseProducing()
+    size = 100 << 10
+    writer.pushDataAll(1, [Encoded(0, size, 0, bytes([i]) * size) for i in range(5)], [size] * 5)
+    writer.resumeProducing()
+    assert 5 > transport.writes >= -(-5 * size // WRITE_BATCH)
+    assert data_payloads(transport) == [bytes([i]) * size for i in range(5)]
+
+
+def test_chunks_of_immutable_bytes_are_views_and_of_anything_else_copies():
+    """Splitting received bytes copies nothing; a bytearray's pieces are copies nobody can
+    change while they wait to be compressed."""
+    data = bytes(range(256)) * 40
+    pieces = chunks(data, 4096)
+    assert all(isinstance(p, memoryview) and p.obj is data for p in pieces)
+    mutable = bytearray(data)
+    copies = chunks(mutable, 4096)
+    mutable[0] ^= 0xFF
+    assert all(type(p) is bytes for p in copies) and b"".join(copies) == data
+
+
+def test_encoding_a_read_keeps_its_chunks_in_order_in_one_job():
+    """encodeAll hands a compressible read to one worker job and returns its chunks in order;
+    an incompressible chunk falls back to RAW without a copy of the received bytes."""
+    class InlineWorkers:
+        jobs = 0
+
+        def submit(self, fn, *args):
+            InlineWorkers.jobs += 1
+            d: Deferred = Deferred()
+            d.callback(fn(*args))
+            return d
+
+    data = bytes(64 << 10) + os.urandom(64 << 10)
+    pieces = chunks(data, 64 << 10)
+    result = []
+    ChunkEncoder(InlineWorkers()).encodeAll(Lz4Codec(), pieces).addCallback(result.extend)
+    assert InlineWorkers.jobs == 1
+    assert [e.codec for e in result] == [CodecId.LZ4, CodecId.RAW]
+    assert isinstance(result[1].payload, memoryview) and result[1].payload.obj is data

@@ -106,14 +106,15 @@ def test_chunk_encoder_compresses_large_chunks_in_a_worker_and_the_rest_inline(p
         encoder = ChunkEncoder(workers)
         codec = codec_for([] if plugin == "none" else [parse_plugin(plugin)])
         for data in (b"tiny meta packet", b"disk block " * 20000):
-            result = encoder.encode(codec, data)
+            results = encoder.encodeAll(codec, [data])
             threaded = plugin != "none" and len(data) >= INLINE_LIMIT
-            assert isinstance(result, Encoded) is not threaded
-            if not isinstance(result, Encoded):
-                got: list[Encoded] = []
-                result.addCallback(got.append)
+            assert isinstance(results, list) is not threaded
+            if not isinstance(results, list):
+                got: list[list[Encoded]] = []
+                results.addCallback(got.append)
                 reactor.run_one()
-                result = got[0]
+                results = got[0]
+            (result,) = results
             assert decode_chunk(result.codec, result.payload, result.raw_length) == data
             assert result.crc32c == data_checksum(data)
     finally:

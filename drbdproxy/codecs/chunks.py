@@ -56,7 +56,7 @@ class CodecError(ValueError):
     """A chunk that cannot be encoded or decoded: unknown codec id, corrupt data, wrong size."""
 
 
-def encode_chunk(codec: Codec, data: Buffer) -> tuple[int, bytes]:
+def encode_chunk(codec: Codec, data: Buffer) -> tuple[int, bytes | memoryview]:
     """Compress one chunk: ``(codec.id, payload)``, or ``(RAW, data)`` when that is not worth it.
 
     :raises CodecError: if ``data`` is longer than :data:`MAX_CHUNK` (the peer would refuse it).
@@ -73,9 +73,12 @@ def encode_chunk(codec: Codec, data: Buffer) -> tuple[int, bytes]:
     return codec.id, payload
 
 
-def _as_bytes(data: Buffer, view: memoryview) -> bytes:
-    # bytes are immutable, so they can be sent as they are: no copy on the uncompressed path.
-    return data if type(data) is bytes else view.tobytes()
+def _as_bytes(data: Buffer, view: memoryview) -> bytes | memoryview:
+    # bytes are immutable, so they (and flat views of them) can be sent as they are: no copy on
+    # the uncompressed path.
+    if type(data) is bytes:
+        return data
+    return view if type(view.obj) is bytes else view.tobytes()
 
 
 def _byte_view(data: Buffer) -> memoryview:

@@ -6,6 +6,7 @@ its bulk link (DRBD data sockets). What a frame means is decided by the link's o
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet import protocol
@@ -61,6 +62,9 @@ class LinkProtocol(protocol.Protocol):
         self.writer: FrameWriter | None = None
         self.reading: PauseReasons | None = None
         self._decoder = handshake.decoder()  # its auth phase and frame limit match the handshake
+        #: Frames of the reads so far that wait, still compressed, while reading is paused.
+        self._backlog: deque[Frame | LinkError] = deque()
+        self._backlog_call: Any = None
         self._down_reason: str | None = None
         self._handshake_timer: Any = None
         self.bytes_in = 0
@@ -81,7 +85,7 @@ class LinkProtocol(protocol.Protocol):
             f" {self.handshake_timeout:.0f} s"
         )
         self.writer = FrameWriter(self.transport, self.owner.linkBudget(), self._writeFailed)
-        self.reading = PauseReasons(self.transport)
+        self.reading = PauseReasons(self.transport, self._backlogLater)
         if isinstance(self.handshake, ClientHandshake):
             self.transport.write(self.handshake.hello())
 
@@ -94,7 +98,24 @@ class LinkProtocol(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.bytes_in += len(data)
         self.owner.linkActivity(self)
-        for item in self._decoder.feed(data):
+        self._backlog.extend(self._decoder.feed(data))
+        self._handleBacklog()
+
+    def _handleBacklog(self) -> None:
+        """Handle frames in arrival order until something asks the link to pause.
+
+        A DRBD socket that cannot take more pauses the link in the middle of a read: the
+        frames after that wait here as they arrived, compressed. One read of highly
+        compressible data (hundreds of frames) therefore never inflates into more than a chunk
+        beyond what the slow DRBD socket's transport may hold.
+        """
+        self._backlog_call = None
+        backlog, reading = self._backlog, self.reading
+        while backlog and not (reading is not None and reading.paused):
+            if self._down_reason is not None:
+                backlog.clear()
+                return
+            item = backlog.popleft()
             if isinstance(item, LinkError):
                 self.fail(f"protocol violation: {item}", item.frame().encode())
                 return
@@ -103,8 +124,12 @@ class LinkProtocol(protocol.Protocol):
             except LinkProtocolError as e:
                 self.fail(f"protocol violation: {e}", None if e.from_peer else e.frame().encode())
                 return
-            if self._down_reason is not None:
-                return
+
+    def _backlogLater(self) -> None:
+        """Reading resumes: the frames left waiting come first, in the next reactor turn (not
+        inside whatever resumed us); a read arriving before that queues behind them."""
+        if self._backlog and self._backlog_call is None:
+            self._backlog_call = self.owner.clock.callLater(0, self._handleBacklog)
 
     def _frame(self, frame: Frame) -> None:
         if self.accepted is not None:
@@ -149,6 +174,9 @@ class LinkProtocol(protocol.Protocol):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
+        self._backlog.clear()
+        if self._backlog_call is not None and self._backlog_call.active():
+            self._backlog_call.cancel()
         if self.writer is not None:
             self.writer.close()
         self.owner.linkDown(self, self._down_reason or reason.getErrorMessage())

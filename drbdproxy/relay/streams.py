@@ -208,10 +208,10 @@ class Stream:
         self.to_peer += len(data)
         self._scan(self.scan_to_peer, data, "to peer")
         codec = conn.codec if self.bulk else RAW_CODEC
-        for piece in chunks(data, conn.max_chunk(self.link)):
-            conn.budget.add(len(piece))
-            encoded = conn.encoder.encode(codec, piece)
-            writer.pushData(self.sid, encoded, len(piece), self._countWire)
+        pieces = chunks(data, conn.max_chunk(self.link))
+        conn.budget.add(len(data))
+        encoded = conn.encoder.encodeAll(codec, pieces)
+        writer.pushDataAll(self.sid, encoded, [len(piece) for piece in pieces], self._countWire)
 
     def _countWire(self, encoded: Encoded) -> None:
         self.to_peer_wire += len(encoded.payload)
