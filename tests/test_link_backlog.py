@@ -19,13 +19,16 @@ from drbdproxy.link import (
     new_session,
 )
 from drbdproxy.pipeline import Budget
-from drbdproxy.relay.links import LinkProtocol
+from drbdproxy.relay.links import PAUSE_SLACK, LinkProtocol
 
 from lookups import Registry
 
 NAME = "r0-bob-alice"
 LZ4 = 1
 STREAM = 2  # a stream the server (the peer here) opened
+CHUNK = 64 << 10
+#: DATA frames of CHUNK raw bytes still handled after a pause.
+SLACK_FRAMES = PAUSE_SLACK // CHUNK
 
 
 class Transport(StringTransport):
@@ -70,7 +73,7 @@ class Owner:
 
 def zeros_frame(index: int) -> bytes:
     """A DATA frame of 64 KiB that compresses to a few hundred bytes, tagged by its index."""
-    raw = index.to_bytes(4, "big") + bytes(65532)
+    raw = index.to_bytes(4, "big") + bytes(CHUNK - 4)
     payload = lz4.block.compress(raw, store_size=False)
     return Data(STREAM, LZ4, len(raw), data_checksum(raw), payload).encode()
 
@@ -90,56 +93,77 @@ def linked(pause_after: int, count: int) -> tuple[LinkProtocol, Owner, Transport
     return link, owner, transport, opened + b"".join(zeros_frame(i) for i in range(count))
 
 
+def raw_frame(index: int, size: int) -> bytes:
+    """An uncompressed DATA frame of ``size`` bytes, tagged by its index."""
+    raw = index.to_bytes(4, "big") + bytes(size - 4)
+    return Data(STREAM, 0, len(raw), data_checksum(raw), raw).encode()
+
+
 def tags(owner: Owner) -> list[int]:
     """The index each handled frame carries, decompressed as the receiver would."""
-    return [int.from_bytes(lz4.block.decompress(f.payload, uncompressed_size=f.raw_length)[:4],
+    return [int.from_bytes(bytes(f.payload)[:4] if f.codec == 0 else
+                           lz4.block.decompress(f.payload, uncompressed_size=f.raw_length)[:4],
                            "big") for f in owner.frames]
 
 
-def test_a_pause_in_the_middle_of_a_read_stops_handling_frames_there():
-    """Of 200 highly compressible frames in one read, only those up to the pause are handled
-    (so only they are inflated); the link's transport is paused."""
+def test_a_pause_in_the_middle_of_a_read_stops_inflating_soon_after():
+    """Of 200 highly compressible frames in one read (12.5 MiB once inflated), those up to the
+    pause and PAUSE_SLACK raw bytes more are handled; the rest wait compressed, and the link's
+    transport is paused."""
     link, owner, transport, read = linked(pause_after=3, count=200)
     link.dataReceived(read)
-    assert tags(owner) == [0, 1, 2]
+    assert tags(owner) == list(range(3 + SLACK_FRAMES))
+    assert transport.producerState == "paused"
+
+
+def test_a_read_of_raw_frames_is_handled_whole_despite_a_pause():
+    """Without compression a read holds no more raw bytes than PAUSE_SLACK: a pause in its
+    middle takes effect at its end, as it would have without the backlog."""
+    size = PAUSE_SLACK // 16
+    link, owner, transport, opened = linked(pause_after=1, count=0)
+    link.dataReceived(opened + b"".join(raw_frame(i, size) for i in range(16)))
+    assert tags(owner) == list(range(16))
     assert transport.producerState == "paused"
 
 
 def test_frames_left_waiting_are_handled_in_order_once_reading_resumes():
     """After the pause lifts, the waiting frames come in the next reactor turn, in order, and
     a read that arrives before that turn queues behind them."""
-    link, owner, transport, read = linked(pause_after=3, count=10)
+    link, owner, transport, read = linked(pause_after=3, count=20)
     link.dataReceived(read)
+    handled = 3 + SLACK_FRAMES
     link.reading.resume("drbd socket full")
     assert transport.producerState == "producing"
-    assert tags(owner) == [0, 1, 2]  # not inside resume(): the next turn
+    assert tags(owner) == list(range(handled))  # not inside resume(): the next turn
     owner.pause_after = 0
-    link.dataReceived(zeros_frame(10))
-    assert tags(owner) == list(range(11))
+    link.dataReceived(zeros_frame(20))
+    assert tags(owner) == list(range(21))
     owner.clock.advance(0)
-    assert tags(owner) == list(range(11))
+    assert tags(owner) == list(range(21))
 
 
 def test_a_second_pause_while_draining_stops_the_drain_again():
-    """The drain stops at the next pause too: nothing is handled while any reason holds."""
-    link, owner, transport, read = linked(pause_after=2, count=8)
+    """The drain stops at the next pause too (after its slack): the rest waits for the next
+    resume."""
+    link, owner, transport, read = linked(pause_after=2, count=20)
     link.dataReceived(read)
-    owner.pause_after = 5
+    assert tags(owner) == list(range(2 + SLACK_FRAMES))
+    owner.pause_after = 2 + SLACK_FRAMES + 3
     link.reading.resume("drbd socket full")
     owner.clock.advance(0)
-    assert tags(owner) == [0, 1, 2, 3, 4]
+    assert tags(owner) == list(range(owner.pause_after + SLACK_FRAMES))
     assert transport.producerState == "paused"
     owner.pause_after = 0
     link.reading.resume("drbd socket full")
     owner.clock.advance(0)
-    assert tags(owner) == list(range(8))
+    assert tags(owner) == list(range(20))
 
 
 def test_frames_waiting_when_the_link_drops_are_discarded():
     """A link lost while frames wait hands none of them on later."""
-    link, owner, transport, read = linked(pause_after=1, count=5)
+    link, owner, transport, read = linked(pause_after=1, count=10)
     link.dataReceived(read)
     link.reading.resume("drbd socket full")
     link.connectionLost()
     owner.clock.advance(0)
-    assert tags(owner) == [0]
+    assert tags(owner) == list(range(1 + SLACK_FRAMES))

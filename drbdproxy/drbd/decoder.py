@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .header import MAX_PAYLOAD, Header, WireError, decode_header, encode
+from .header import MAX_PAYLOAD, Header, HeaderVersion, WireError, decode_header, encode
 from .packets import packet_name
 
 
@@ -41,6 +41,9 @@ class StreamError:
 
 Event = Packet | StreamError
 
+#: The longest DRBD header (h100).
+_LONGEST_HEADER = max(version.size for version in HeaderVersion)
+
 
 class PacketDecoder:
     """Reassembles DRBD packets from a TCP byte stream, whatever the segment boundaries.
@@ -63,43 +66,62 @@ class PacketDecoder:
         return len(self._buf)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """The packets (then at most one StreamError) that ``data`` completes.
+
+        Whole packets are cut straight out of ``data``; only a packet that straddles reads is
+        gathered in a buffer of our own, with just the bytes it still needs. Every payload byte
+        is copied once (twice for a straddling packet), never the whole of a read.
+        """
         if self.failed is not None:
             return []
-        buf = self._buf
-        if buf:
-            buf += data
-        # With nothing held, packets are cut straight out of the new bytes and only an
-        # incomplete tail is kept: one copy per payload byte, not three.
-        source = buf if buf else data
         events: list[Event] = []
-        off = 0
-        error: WireError | None = None
-        with memoryview(source) as view:
+        with memoryview(data) as view:
             try:
-                while True:
-                    header = decode_header(view, off, self._max_payload)
-                    if header is None:
-                        break
-                    start = off + header.size
-                    end = start + header.length
-                    if end > len(view):
-                        break
-                    events.append(Packet(header, bytes(view[start:end])))
-                    off = end
+                used = self._completeHeld(view, events) if self._buf else 0
+                if not self._buf:
+                    self._cut(view, used, events)
             except WireError as e:
-                error = e
-            if error is None and source is not buf:
-                buf += view[off:]
-        if error is not None:
-            self.failed = StreamError(self._consumed + off, error)
-            events.append(self.failed)
-            buf.clear()
-            return events
-        if source is buf and off:
-            del buf[:off]
-        self._consumed += off
+                self.failed = StreamError(self._consumed, e)
+                events.append(self.failed)
+                self._buf.clear()
         return events
-        if off:
-            del buf[:off]
-            self._consumed += off
-        return events
+
+    def _completeHeld(self, view: memoryview, events: list[Event]) -> int:
+        """Complete the packet held from earlier reads with what it needs of ``view``; how many
+        bytes of ``view`` that took."""
+        buf, used = self._buf, 0
+        while buf:
+            header = decode_header(buf, 0, self._max_payload)
+            if header is None:  # the header itself is incomplete: at most a header's worth more
+                total = _LONGEST_HEADER
+            else:
+                total = header.size + header.length
+            take = min(total - len(buf), len(view) - used)
+            if take > 0:
+                buf += view[used : used + take]
+                used += take
+            if header is None:
+                if take <= 0:
+                    return used
+                continue
+            if len(buf) < total:
+                return used
+            events.append(Packet(header, bytes(buf[header.size : total])))
+            self._consumed += total
+            del buf[:total]  # a tiny packet may leave the start of the next one
+        return used
+
+    def _cut(self, view: memoryview, off: int, events: list[Event]) -> None:
+        """Packets straight out of ``view`` from ``off``; an incomplete tail is held."""
+        size = len(view)
+        while True:
+            header = decode_header(view, off, self._max_payload)
+            if header is None:
+                break
+            end = off + header.size + header.length
+            if end > size:
+                break
+            events.append(Packet(header, bytes(view[off + header.size : end])))
+            self._consumed += end - off
+            off = end
+        self._buf += view[off:]

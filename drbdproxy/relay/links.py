@@ -18,6 +18,7 @@ from ..logs import logger
 from ..link import (
     Accepted,
     ClientHandshake,
+    Data,
     Frame,
     LinkError,
     LinkProtocolError,
@@ -28,7 +29,11 @@ from ..link import (
     Side,
 )
 from ..pipeline import Budget, FrameWriter, PauseReasons
-from .streams import tune_transport
+from .streams import TRANSPORT_BUFFER, tune_transport
+
+#: Raw bytes of DATA frames a link still hands on once reading is paused mid-read: one read's
+#: worth, so that only compression (a read inflating to many times its size) makes it stop.
+PAUSE_SLACK = TRANSPORT_BUFFER
 
 
 class LinkOwner(TypingProtocol):
@@ -102,20 +107,28 @@ class LinkProtocol(protocol.Protocol):
         self._handleBacklog()
 
     def _handleBacklog(self) -> None:
-        """Handle frames in arrival order until something asks the link to pause.
+        """Handle frames in arrival order until something asks the link to pause, and then
+        only DATA frames of up to PAUSE_SLACK raw bytes more.
 
-        A DRBD socket that cannot take more pauses the link in the middle of a read: the
-        frames after that wait here as they arrived, compressed. One read of highly
-        compressible data (hundreds of frames) therefore never inflates into more than a chunk
-        beyond what the slow DRBD socket's transport may hold.
+        The frames after that wait here as they arrived, compressed: one read of highly
+        compressible data (hundreds of frames) never inflates into more than PAUSE_SLACK raw
+        bytes beyond the pause, while a read of raw frames is still handled whole, as if the
+        pause had come at its end (no extra head-of-line wait for the link's other streams).
         """
         self._backlog_call = None
         backlog, reading = self._backlog, self.reading
-        while backlog and not (reading is not None and reading.paused):
+        slack = PAUSE_SLACK
+        while backlog:
             if self._down_reason is not None:
                 backlog.clear()
                 return
-            item = backlog.popleft()
+            item = backlog[0]
+            if reading is not None and reading.paused:
+                if slack <= 0:
+                    return
+                if isinstance(item, Data):
+                    slack -= item.raw_length
+            backlog.popleft()
             if isinstance(item, LinkError):
                 self.fail(f"protocol violation: {item}", item.frame().encode())
                 return
