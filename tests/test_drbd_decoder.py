@@ -99,3 +99,32 @@ def test_arbitrary_bytes_never_raise(data):
     for i in range(0, len(data), 97):
         decoder.feed(data[i : i + 97])
     assert decoder.buffered <= len(data)
+
+
+def test_blocks_in_immutable_reads_are_views_and_the_rest_copies():
+    """A block that arrives whole in received bytes is handed out as a view of them (no copy);
+    small packets, and anything from a mutable buffer, are copies nobody can change later."""
+    stream, _ = sample_stream()
+    packets = [e for e in PacketDecoder().feed(stream) if isinstance(e, Packet)]
+    big = [p for p in packets if len(p.payload) >= 4096]
+    assert big and all(isinstance(p.payload, memoryview) and p.payload.obj is stream for p in big)
+    assert all(type(p.payload) is bytes for p in packets if len(p.payload) < 4096)
+    mutable = bytearray(stream)
+    copied = [e for e in PacketDecoder().feed(mutable) if isinstance(e, Packet)]
+    mutable[:] = bytes(len(mutable))
+    assert all(type(p.payload) is bytes for p in copied) and copied == packets
+
+
+def test_a_packet_straddling_reads_takes_only_the_bytes_it_needs():
+    """Completing a held packet consumes just its missing bytes: the packets wholly inside the
+    next read are still cut straight out of it (views), in order."""
+    stream, count = sample_stream()
+    cut = len(stream) // 3
+    decoder = PacketDecoder()
+    first = decoder.feed(stream[:cut])
+    assert decoder.buffered  # the cut fell inside a packet
+    rest = stream[cut:]
+    second = decoder.feed(rest)
+    assert len(first) + len(second) == count
+    assert any(isinstance(p.payload, memoryview) and p.payload.obj is rest for p in second[1:])
+    assert decoder.buffered == 0

@@ -13,7 +13,8 @@ class Packet:
     """One DRBD packet: its header and its payload bytes."""
 
     header: Header
-    payload: bytes
+    #: Large payloads (blocks) are read-only views of the immutable bytes they arrived in.
+    payload: bytes | memoryview
 
     @property
     def command(self) -> int:
@@ -41,6 +42,8 @@ class StreamError:
 
 Event = Packet | StreamError
 
+#: Payloads from this size on (blocks, not handshake packets) are handed out as views.
+_VIEW_MIN = 4096
 #: The longest DRBD header (h100).
 _LONGEST_HEADER = max(version.size for version in HeaderVersion)
 
@@ -69,8 +72,9 @@ class PacketDecoder:
         """The packets (then at most one StreamError) that ``data`` completes.
 
         Whole packets are cut straight out of ``data``; only a packet that straddles reads is
-        gathered in a buffer of our own, with just the bytes it still needs. Every payload byte
-        is copied once (twice for a straddling packet), never the whole of a read.
+        gathered in a buffer of our own, with just the bytes it still needs. A block that came
+        whole in immutable bytes is not copied at all; other payloads once (a straddling one
+        twice); never the whole of a read.
         """
         if self.failed is not None:
             return []
@@ -79,7 +83,7 @@ class PacketDecoder:
             try:
                 used = self._completeHeld(view, events) if self._buf else 0
                 if not self._buf:
-                    self._cut(view, used, events)
+                    self._cut(view, used, events, type(data) is bytes)
             except WireError as e:
                 self.failed = StreamError(self._consumed, e)
                 events.append(self.failed)
@@ -111,8 +115,11 @@ class PacketDecoder:
             del buf[:total]  # a tiny packet may leave the start of the next one
         return used
 
-    def _cut(self, view: memoryview, off: int, events: list[Event]) -> None:
-        """Packets straight out of ``view`` from ``off``; an incomplete tail is held."""
+    def _cut(self, view: memoryview, off: int, events: list[Event], immutable: bool) -> None:
+        """Packets straight out of ``view`` from ``off``; an incomplete tail is held.
+
+        A block's payload in ``immutable`` bytes is not copied at all: it is a view of them.
+        """
         size = len(view)
         while True:
             header = decode_header(view, off, self._max_payload)
@@ -121,7 +128,10 @@ class PacketDecoder:
             end = off + header.size + header.length
             if end > size:
                 break
-            events.append(Packet(header, bytes(view[off + header.size : end])))
+            payload = view[off + header.size : end]
+            if not immutable or header.length < _VIEW_MIN:
+                payload = bytes(payload)
+            events.append(Packet(header, payload))
             self._consumed += end - off
             off = end
         self._buf += view[off:]
