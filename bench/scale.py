@@ -421,6 +421,15 @@ def measure(procs: Processes, ctls: dict[str, Control], pids: dict[str, int], po
         if load == "sim":
             m.handshake_retries = sim_log(procs, flat(pairs) + retired)[0]  # before the kill:
             m.notes += sim_log(procs, flat(pairs))[1]  # the sims log a lost connection when stopped
+        # Senders first: a frozen sender's socket may still hold bytes alice reads after the
+        # drain check; the receivers keep reading until bob has delivered them (killing both at
+        # once would drop those frames at bob, whose DRBD socket is gone, uncounted).
+        kill_all(procs, [pair[-1] for pair in pairs.values()])
+    try:
+        drained(ctls, len(ports), kind, totals=load == "iperf3")
+    except (RuntimeError, AssertionError, OSError) as e:
+        m.ok, m.error = False, (m.error + "; " if m.error else "") + str(e)
+    finally:
         kill_all(procs, flat(pairs))
     try:
         if load == "iperf3" and pairs:
@@ -429,7 +438,6 @@ def measure(procs: Processes, ctls: dict[str, Control], pids: dict[str, int], po
             if m.ok and (silent := [i for (i,), mb in zip(pairs, m.seen) if mb <= 0]):
                 raise RuntimeError(f"{len(silent)} iperf3 server(s) reported no data received, "
                                    f"e.g. connection {silent[0]}")
-        drained(ctls, len(ports), kind, totals=load == "iperf3")
     except (RuntimeError, AssertionError, OSError) as e:
         m.ok, m.error = False, (m.error + "; " if m.error else "") + str(e)
     return m
@@ -844,7 +852,9 @@ def report(args: argparse.Namespace, idle: Idle, results: list[Measure],
         "stream, or iperf3's control and data streams, per connection) exactly the bytes alice "
         "read from it, and every receiver was still running (a secondary checks each block as "
         "it arrives; every iperf3 server must have reported data received in its 1 s interval "
-        "lines); after the load is killed every connection must be back to ProxyConnected on "
+        "lines); once the senders are killed (the receivers keep reading what a frozen "
+        "sender's socket still held, and are killed after this check) every connection must "
+        "be back to ProxyConnected on "
         "both daemons with no live stream and no link reconnect, and for iperf3 bob's "
         "`opaque.from_peer.bytes` equal to alice's `opaque.to_peer.bytes` per connection (the "
         "sims' handshake races close sockets whose few bytes alice read but never relayed). (The iperf3 clients run with `-t 3600` and are "
