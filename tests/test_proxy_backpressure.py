@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from daemon import Daemon, ProxyPair, wait_until
-from drbdproxy.relay.streams import TRANSPORT_BUFFER
+from drbdproxy.relay.streams import DRBD_READ
 
 MEMLIMIT = 32 << 20
 
@@ -49,8 +49,8 @@ def test_a_stalled_receiver_fills_memlimit_then_everything_arrives(pair, sims):
                    "alice to pause DRBD reads at memlimit")
         usage = memusage(pair, pair.alice)
         # One read of the DRBD socket past the limit is the fixed slack.
-        assert MEMLIMIT * 7 // 8 <= int(usage["buffered"]) <= MEMLIMIT + TRANSPORT_BUFFER
-        assert int(usage["peak"]) <= MEMLIMIT + TRANSPORT_BUFFER
+        assert MEMLIMIT * 7 // 8 <= int(usage["buffered"]) <= MEMLIMIT + DRBD_READ
+        assert int(usage["peak"]) <= MEMLIMIT + DRBD_READ
         growth = rss(pair.alice.proc.pid) - baseline
         assert growth <= 1.15 * MEMLIMIT + (32 << 20), f"alice grew {growth >> 20} MiB"
         assert primary.proc.poll() is None  # the writer is blocked, not failed

@@ -33,8 +33,15 @@ _INITIAL_META = encode_h80(Cmd.P_INITIAL_META, 0)
 #: Bytes a stream may hold for a DRBD socket that is still connecting before the link pauses.
 _PENDING_LIMIT = 256 << 10
 #: Read size and write-buffer mark of every transport on the data path. Twisted's 64 KiB means
-#: four times the per-read Python work; one read past memlimit is the fixed slack.
+#: four times the per-read Python work.
 TRANSPORT_BUFFER = 256 << 10
+#: Read size (and write-buffer mark) of DRBD's sockets: a read of DRBD's data costs the same
+#: Python work whatever its size, and is split into DATA frames of at most CHUNK_LIMIT, which all
+#: go to one compression job. One read past memlimit is the fixed slack.
+DRBD_READ = 1 << 20
+#: Raw bytes per DATA frame: a frame no larger than the peer's link reads (TRANSPORT_BUFFER)
+#: arrives whole in one or two reads; a 1 MiB frame would have to be joined from four.
+CHUNK_LIMIT = TRANSPORT_BUFFER
 
 
 def tune_transport(transport: Any) -> None:
@@ -62,6 +69,7 @@ class DrbdSocket(protocol.Protocol):
 
     def connectionMade(self) -> None:
         tune_transport(self.transport)
+        self.transport.bufferSize = DRBD_READ  # type: ignore[attr-defined]
         self.handler.drbdConnected(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -208,7 +216,7 @@ class Stream:
         self.to_peer += len(data)
         self._scan(self.scan_to_peer, data, "to peer")
         codec = conn.codec if self.bulk else RAW_CODEC
-        pieces = chunks(data, conn.max_chunk(self.link))
+        pieces = chunks(data, min(conn.max_chunk(self.link), CHUNK_LIMIT))
         conn.budget.add(len(data))
         encoded = conn.encoder.encodeAll(codec, pieces)
         writer.pushDataAll(self.sid, encoded, [len(piece) for piece in pieces], self._countWire)
