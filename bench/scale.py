@@ -414,7 +414,8 @@ def measure(procs: Processes, ctls: dict[str, Control], pids: dict[str, int], po
         if error := dead(procs, flat(pairs)):
             raise RuntimeError(error)
         m.ok = True
-        freeze_and_drain(procs, ctls, pairs, kind, 1 if load == "sim" else 2, k)
+        freeze_and_drain(procs, ctls, pairs, kind, 1 if load == "sim" else 2, k,
+                         [ports[i] for i in range(k)])
     except (RuntimeError, AssertionError, OSError) as e:
         m.ok, m.error = False, str(e)
     finally:
@@ -547,10 +548,32 @@ def count_window(m: Measure, ctls: dict[str, Control], pids: dict[str, int],
     m.agg_alice = (sum(a1) - sum(a0)) / (ta1 - ta0) / 1e6
 
 
+def queued_into_alice(ports: list[Ports]) -> int:
+    """Bytes the senders' sockets still hold on the way into alice (/proc/net/tcp): unsent in a
+    sender's socket, or received but not yet read by alice."""
+    alice_in = {p.a_in for p in ports}
+    inside = alice_in | {p.a_drbd for p in ports}
+    queued = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 5 or fields[3] == "0A":
+            continue
+        local, remote = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
+        tx, rx = (int(q, 16) for q in fields[4].split(":"))
+        # A sender dialled alice's inside port (or alice dialled the sender's DRBD port): the
+        # dialling side's send queue and the listening side's receive queue carry data in.
+        if remote in inside:
+            queued += tx if remote in alice_in else rx
+        elif local in inside:
+            queued += rx if local in alice_in else tx
+    return queued
+
+
 def freeze_and_drain(procs: Processes, ctls: dict[str, Control], pairs: Pairs, kind: str,
-                     per_conn: int, k: int) -> None:
+                     per_conn: int, k: int, ports: list[Ports]) -> None:
     """SIGSTOP the senders (primaries, iperf3 clients; their sockets stay open), wait until
-    alice's buffers are empty and bob has received, on every live stream of ``kind``, every
+    their sockets hold nothing more for alice, alice's buffers are empty and bob has received,
+    on every live stream of ``kind``, every
     byte alice read from it; there must be ``per_conn`` such streams per connection, and then
     every receiver must still be running: a secondary verified all of it. (Killing the
     primaries instead would close their meta sockets first; the secondaries would drop the
@@ -560,6 +583,10 @@ def freeze_and_drain(procs: Processes, ctls: dict[str, Control], pairs: Pairs, k
             os.killpg(sender.pid, signal.SIGSTOP)
 
     def empty() -> bool:
+        # A frozen sender's socket may still hold bytes (alice paused reading at memlimit):
+        # they must be through too, or alice reads them after this check.
+        if queued_into_alice(ports):
+            return False
         a = ctls["alice"].stats()
         return (all(a.get(f"{conn_name(i, 'alice')}.buffered") == "0" for i in range(k))
                 and not stream_mismatches(ctls, kind))

@@ -145,7 +145,7 @@ def test_frames_left_waiting_are_handled_in_order_once_reading_resumes():
 def test_a_second_pause_while_draining_stops_the_drain_again():
     """The drain stops at the next pause too (after its slack): the rest waits for the next
     resume."""
-    link, owner, transport, read = linked(pause_after=2, count=20)
+    link, owner, transport, read = linked(pause_after=2, count=40)
     link.dataReceived(read)
     assert tags(owner) == list(range(2 + SLACK_FRAMES))
     owner.pause_after = 2 + SLACK_FRAMES + 3
@@ -156,7 +156,7 @@ def test_a_second_pause_while_draining_stops_the_drain_again():
     owner.pause_after = 0
     link.reading.resume("drbd socket full")
     owner.clock.advance(0)
-    assert tags(owner) == list(range(20))
+    assert tags(owner) == list(range(40))
 
 
 def test_frames_waiting_when_the_link_drops_are_discarded():

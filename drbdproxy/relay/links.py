@@ -31,9 +31,10 @@ from ..link import (
 from ..pipeline import Budget, FrameWriter, PauseReasons
 from .streams import TRANSPORT_BUFFER, tune_transport
 
-#: Raw bytes of DATA frames a link still hands on once reading is paused mid-read: one read's
-#: worth, so that only compression (a read inflating to many times its size) makes it stop.
-PAUSE_SLACK = TRANSPORT_BUFFER
+#: Raw bytes of DATA frames a link still hands on once reading is paused mid-read: what one
+#: read of raw frames can complete (its own bytes and the rest of a frame begun in the read
+#: before), so that only compression (a read inflating to many times its size) makes it stop.
+PAUSE_SLACK = 2 * TRANSPORT_BUFFER
 
 
 class LinkOwner(TypingProtocol):
