@@ -70,6 +70,10 @@ class Capture:
 
 
 
+    def lost_segments(self) -> int:
+        """TCP segments tshark finds missing from the capture (then it cannot judge a count)."""
+        return len(self.fields("frame.number", display_filter="tcp.analysis.lost_segment"))
+
     def drbd_counts(self, sent_from) -> Counter[str]:
         """DRBD packets per type in the TCP segments that ``sent_from(src, dst)`` selects."""
         counts: Counter[str] = Counter()
