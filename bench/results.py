@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 HEADER = ("# Benchmarks\n\nWritten by the scripts in `bench/`; each owns the section between its "
           "`<!-- NAME:begin -->` and `<!-- NAME:end -->` markers.\n\n")
@@ -37,6 +37,34 @@ def proc_stat(pid: int | str) -> list[str]:
 def cpu_seconds(fields: list[str], children: bool = False) -> float:
     """User + system CPU seconds from proc_stat() fields (with reaped children's if asked)."""
     return sum(int(x) for x in fields[11 : 15 if children else 13]) / CLK_TCK
+
+
+class TcpSocket(NamedTuple):
+    """One IPv4 TCP socket of this machine, from /proc/net/tcp."""
+
+    local_port: int
+    remote_port: int
+    listening: bool
+    tx_queue: int  # bytes not yet acknowledged by the peer
+    rx_queue: int  # bytes received, not yet read by the owner (for a listener: the backlog)
+
+
+def tcp_sockets() -> list[TcpSocket]:
+    """Every IPv4 TCP socket, without a probe connection."""
+    out = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        local, remote = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
+        tx, rx = (int(q, 16) for q in fields[4].split(":"))
+        out.append(TcpSocket(local, remote, fields[3] == "0A", tx, rx))
+    return out
+
+
+def listening_ports() -> set[int]:
+    """Local ports in TCP LISTEN state."""
+    return {s.local_port for s in tcp_sockets() if s.listening}
 
 
 def pyplot() -> Any:

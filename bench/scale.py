@@ -88,7 +88,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from results import cpu_seconds as process_cpu  # noqa: E402
-from results import proc_stat, pyplot, save_figure, write_section  # noqa: E402
+from results import (  # noqa: E402
+    listening_ports, proc_stat, pyplot, save_figure, tcp_sockets, write_section,
+)
 from throughput import BIN, IP, Processes, tail  # noqa: E402
 from wan import Control, conn_name, med_range, rss_bytes, stop_daemon  # noqa: E402 (adds tests/)
 
@@ -291,13 +293,8 @@ def start_pairs(procs: Processes, ports: list[Ports], conns: list[int], tag: str
 
 
 def listening(ports: set[int]) -> set[int]:
-    """Which of ``ports`` have a listening IPv4 TCP socket (/proc/net/tcp, state 0A)."""
-    found = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if len(fields) > 3 and fields[3] == "0A":
-            found.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports & found
+    """Which of ``ports`` have a listening IPv4 TCP socket."""
+    return ports & listening_ports()
 
 
 def start_iperf(procs: Processes, ports: list[Ports], conns: list[int], tag: str) -> Pairs:
@@ -549,23 +546,20 @@ def count_window(m: Measure, ctls: dict[str, Control], pids: dict[str, int],
 
 
 def queued_into_alice(ports: list[Ports]) -> int:
-    """Bytes the senders' sockets still hold on the way into alice (/proc/net/tcp): unsent in a
-    sender's socket, or received but not yet read by alice."""
+    """Bytes the senders' sockets still hold on the way into alice: unsent in a sender's
+    socket, or received but not yet read by alice."""
     alice_in = {p.a_in for p in ports}
     inside = alice_in | {p.a_drbd for p in ports}
     queued = 0
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if len(fields) < 5 or fields[3] == "0A":
+    for sock in tcp_sockets():
+        if sock.listening:
             continue
-        local, remote = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
-        tx, rx = (int(q, 16) for q in fields[4].split(":"))
         # A sender dialled alice's inside port (or alice dialled the sender's DRBD port): the
         # dialling side's send queue and the listening side's receive queue carry data in.
-        if remote in inside:
-            queued += tx if remote in alice_in else rx
-        elif local in inside:
-            queued += rx if local in alice_in else tx
+        if sock.remote_port in inside:
+            queued += sock.tx_queue if sock.remote_port in alice_in else sock.rx_queue
+        elif sock.local_port in inside:
+            queued += sock.rx_queue if sock.local_port in alice_in else sock.tx_queue
     return queued
 
 

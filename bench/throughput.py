@@ -57,7 +57,9 @@ from drbdproxy.sim.workload import Workload
 from drbdproxy.units import parse_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import cpu_seconds, proc_stat, pyplot, save_figure, write_section  # noqa: E402
+from results import (  # noqa: E402
+    cpu_seconds, listening_ports, proc_stat, pyplot, save_figure, write_section,
+)
 
 BIN = Path(sys.executable).parent
 IP = "127.0.0.1"
@@ -168,13 +170,6 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def listening_ports() -> set[int]:
-    """Local ports in TCP LISTEN state, from /proc/net/tcp (no probe connection needed)."""
-    with open("/proc/net/tcp") as f:
-        rows = [line.split() for line in f.readlines()[1:]]
-    return {int(r[1].rsplit(":", 1)[1], 16) for r in rows if r[3] == "0A"}
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:

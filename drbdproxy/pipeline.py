@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Union
+from typing import Any, Callable, Union
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -359,7 +359,7 @@ class PauseReasons:
 
 
 def chunks(data: bytes, size: int) -> list[bytes | memoryview]:
-    """Split ``data`` into pieces of at most ``size`` bytes, in order.
+    """Split ``data`` into pieces of at most ``size`` bytes, in order (no copy when it fits).
 
     Pieces of immutable bytes are views of it (no copy); those of anything else are copies,
     so nobody can change them while they wait to be compressed or sent.

@@ -66,16 +66,16 @@ def encode_chunk(codec: Codec, data: Buffer) -> tuple[int, bytes | memoryview]:
     if size > MAX_CHUNK:
         raise CodecError(f"chunk of {size} bytes is over MAX_CHUNK ({MAX_CHUNK})")
     if codec.id == CodecId.RAW or size < MIN_COMPRESS_SIZE:
-        return CodecId.RAW, _as_bytes(data, view)
+        return CodecId.RAW, _frozen(data, view)
     payload = codec.compress(view)
     if size - len(payload) < size // MIN_SAVING_DIVISOR:
-        return CodecId.RAW, _as_bytes(data, view)
+        return CodecId.RAW, _frozen(data, view)
     return codec.id, payload
 
 
-def _as_bytes(data: Buffer, view: memoryview) -> bytes | memoryview:
-    # bytes are immutable, so they (and flat views of them) can be sent as they are: no copy on
-    # the uncompressed path.
+def _frozen(data: Buffer, view: memoryview) -> bytes | memoryview:
+    """``data`` (whose flat byte view is ``view``) as bytes nobody can change: as it is when it
+    is immutable bytes or a view of them (no copy on the uncompressed paths), else a copy."""
     if type(data) is bytes:
         return data
     return view if type(view.obj) is bytes else view.tobytes()
@@ -109,13 +109,10 @@ def decode_chunk(codec_id: int, payload: Buffer, raw_size: int) -> bytes | memor
 
 
 def _decode_raw(payload: Buffer, raw_size: int) -> bytes | memoryview:
-    length = memoryview(payload).nbytes
-    if length != raw_size:
-        raise CodecError(f"raw chunk of {length} bytes, expected {raw_size}")
-    if type(payload) is bytes or (isinstance(payload, memoryview) and type(payload.obj) is bytes
-                                  and payload.c_contiguous and payload.format == "B"):
-        return payload  # nobody can change it under us
-    return bytes(payload)
+    view = _byte_view(payload)
+    if view.nbytes != raw_size:
+        raise CodecError(f"raw chunk of {view.nbytes} bytes, expected {raw_size}")
+    return _frozen(payload, view)
 
 
 def _decode_compressed(cid: CodecId, payload: Buffer, raw_size: int) -> bytes:

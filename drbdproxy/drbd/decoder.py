@@ -96,20 +96,16 @@ class PacketDecoder:
         buf, used = self._buf, 0
         while buf:
             header = decode_header(buf, 0, self._max_payload)
-            if header is None:  # the header itself is incomplete: at most a header's worth more
-                total = _LONGEST_HEADER
-            else:
-                total = header.size + header.length
+            # Without a whole header yet, take at most a header's worth and look again.
+            total = _LONGEST_HEADER if header is None else header.size + header.length
             take = min(total - len(buf), len(view) - used)
             if take > 0:
                 buf += view[used : used + take]
                 used += take
-            if header is None:
+            if header is None or len(buf) < total:
                 if take <= 0:
-                    return used
+                    return used  # the rest comes with the next read
                 continue
-            if len(buf) < total:
-                return used
             events.append(Packet(header, bytes(buf[header.size : total])))
             self._consumed += total
             del buf[:total]  # a tiny packet may leave the start of the next one

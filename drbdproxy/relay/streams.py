@@ -46,11 +46,12 @@ DRBD_READ = 512 << 10
 CHUNK_LIMIT = TRANSPORT_BUFFER
 
 
-def tune_transport(transport: Any) -> None:
-    """Every data-path socket: no Nagle delay, TRANSPORT_BUFFER per read, per send() and as the
-    write-buffer mark (Twisted's SEND_LIMIT of 128 KiB would halve every 256 KiB frame)."""
+def tune_transport(transport: Any, read_size: int = TRANSPORT_BUFFER) -> None:
+    """Every data-path socket: no Nagle delay, ``read_size`` per read and as the write-buffer
+    mark, TRANSPORT_BUFFER per send() (Twisted's SEND_LIMIT of 128 KiB would halve every 256 KiB
+    frame)."""
     transport.setTcpNoDelay(True)
-    transport.bufferSize = TRANSPORT_BUFFER
+    transport.bufferSize = read_size
     transport.SEND_LIMIT = TRANSPORT_BUFFER
 
 
@@ -70,8 +71,7 @@ class DrbdSocket(protocol.Protocol):
         self.handler = handler
 
     def connectionMade(self) -> None:
-        tune_transport(self.transport)
-        self.transport.bufferSize = DRBD_READ  # type: ignore[attr-defined]
+        tune_transport(self.transport, DRBD_READ)
         self.handler.drbdConnected(self)
 
     def dataReceived(self, data: bytes) -> None:
