@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import random
 import shutil
 import socket
 import subprocess
@@ -24,13 +25,23 @@ def tool(name: str) -> str:
     return str(path)
 
 
+#: Where free_ports looks: below Linux's ephemeral range (32768-60999), so that no outgoing
+#: connect, of a sim or a proxy, can be given one of these ports before its listener binds it.
+_PORT_RANGE = (20000, 32767)
+
+
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     """n distinct ports that were free on ``host`` a moment ago, in ascending order."""
-    socks = []
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks: list[socket.socket] = []
     try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-            s.bind((host, 0))
+        while len(socks) < n:
+            s = socket.socket(family)
+            try:
+                s.bind((host, random.randint(*_PORT_RANGE)))
+            except OSError:  # taken: try another
+                s.close()
+                continue
             socks.append(s)
         return sorted(s.getsockname()[1] for s in socks)
     finally:
