@@ -49,12 +49,15 @@ def test_replication_over_a_shaped_link_with_the_buffer_full(wan, tmp_path, sims
         primary = sims("--role", "primary", "--listen", addr, "--peer", inside, *common,
                        prefix=wan.exec_a)
 
-        def usage() -> str:
-            return alice.ctl("show", "memusage", check=True).stdout
+        samples: list[str] = []
 
-        wait_until(lambda: "drbd-reads paused" in usage() and "drain-time unknown" not in usage(),
-                   "alice's buffer to fill while the link drains")
-        line = usage()
+        def filled() -> bool:
+            # One snapshot is both waited for and checked: the state can change between calls.
+            samples.append(alice.ctl("show", "memusage", check=True).stdout)
+            return "drbd-reads paused" in samples[-1] and "drain-time unknown" not in samples[-1]
+
+        wait_until(filled, "alice's buffer to fill while the link drains")
+        line = samples[-1]
         assert f"congestion-fill {(16 << 20) * 9 // 10}" in line  # LINBIT's 90 % of memlimit
         drain = float(line.split("drain-time ")[1].split("s")[0])
         assert drain > 0
