@@ -16,7 +16,7 @@ from .connection import ProxyConnection
 from .control.commands import ConnectionSpec
 from .control.interface import ControlError, IProxyControl
 from .logs import logger
-from .malloc import HeapTrimmer, trim_heap
+from .malloc import HeapTrimmer, resident_bytes, trim_heap
 from .pipeline import ChunkEncoder
 from .tls import TlsConfig
 from .units import format_address, format_size
@@ -71,8 +71,11 @@ class ConnectionRegistry(MultiService):
 
     def _maybeTrimHeap(self) -> None:
         held = sum(c.budget.used for c in self)  # type: ignore[attr-defined]
-        if self._trimmer.observe(held):
+        resident = resident_bytes()
+        if self._trimmer.observe(held, resident):
             trim_heap()
+            self._log.debug("free heap given back to the kernel: resident {resident} bytes,"
+                            " {held} held", resident=resident, held=held)
 
     def stopService(self) -> Any:
         if self._trim_loop.running:
