@@ -133,6 +133,9 @@ class ProxyConnection(Service):
         self.drain = DrainRate()
         self.state = State.CONNECTING
         self.reconnects = 0
+        #: Raw bytes of DATA frames that came for a stream already gone here (its DRBD socket
+        #: closed first): dropped, so the peer's to_peer bytes are our from_peer plus these.
+        self.dropped_after_close = 0
         self.link_rtt_ms: float | None = None
         # The proxy with the lower outside address dials; the other accepts (no crossed links).
         self.dialer = address_bytes(spec.listen_outside) < address_bytes(spec.connect_peer_outside)
@@ -327,6 +330,7 @@ class ProxyConnection(Service):
                 stream.fromPeer(frame)
             else:
                 self._checkKnownStream(link, frame.stream)
+                self.dropped_after_close += frame.raw_length
         elif isinstance(frame, Open):
             self._peerOpened(link, frame)
         elif isinstance(frame, Close):

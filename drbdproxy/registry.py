@@ -250,6 +250,7 @@ class ConnectionRegistry(MultiService):
             yield f"{c.name}.drain_seconds {drain:.3f}" if drain is not None else f"{c.name}.drain_seconds -"
             yield f"{c.name}.out_of_sync {c.out_of_sync()}"
             yield f"{c.name}.reconnects {c.reconnects}"
+            yield f"{c.name}.dropped_after_close_bytes {c.dropped_after_close}"
             for kind, t in sorted(c.totals().items()):
                 prefix = f"{c.name}.{kind}"
                 yield f"{prefix}.to_peer.bytes {t['to_peer']}"

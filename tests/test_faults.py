@@ -55,6 +55,36 @@ def test_local_drbd_disconnecting_while_the_buffer_is_full(pair, sims):
     pair.replicate(sims, "--size", "16M")
 
 
+def test_receiving_drbd_dying_with_the_buffer_full_drops_only_what_is_counted(pair, sims):
+    """bob's DRBD dies while alice's buffer is full: the primary sees a clean disconnect, and
+    every byte alice sent bob is accounted for, either delivered (from_peer) or dropped for a
+    stream already closed (dropped_after_close_bytes), in both directions."""
+    primary, secondary = start_load(pair, sims, "--ping-timeout", "600")
+    os.kill(secondary.proc.pid, signal.SIGSTOP)
+    wait_until(lambda: "drbd-reads paused" in pair.alice.ctl("show", "memusage").stdout,
+               "alice's buffer to fill")
+    secondary.proc.kill()
+    secondary.proc.wait()
+    assert_clean_disconnect(primary)
+
+    def quiet() -> bool:
+        return all(pair.stats(d)[f"{pair.name(d)}.buffered"] == "0"
+                   and "stream" not in d.ctl("list", "subconnections").stdout
+                   for d in (pair.alice, pair.bob))
+
+    wait_until(quiet, "both proxies to close the streams and drain")
+    alice, bob = pair.stats(pair.alice), pair.stats(pair.bob)
+    for sender, receiver in ((alice, bob), (bob, alice)):
+        sent = sum(int(v) for k, v in sender.items() if k.endswith(".to_peer.bytes"))
+        got = sum(int(v) for k, v in receiver.items() if k.endswith(".from_peer.bytes"))
+        dropped = next(int(v) for k, v in receiver.items()
+                       if k.endswith(".dropped_after_close_bytes"))
+        assert sent == got + dropped, (sent, got, dropped)
+    # alice's full buffer went out after bob's stream was gone.
+    assert int(bob[f"{pair.name(pair.bob)}.dropped_after_close_bytes"]) > 0
+    pair.replicate(sims, "--size", "16M")
+
+
 def test_del_connection_under_load_and_add_again(pair, sims):
     """del connection mid-stream closes DRBD's sockets cleanly; added again, it replicates."""
     primary, secondary = start_load(pair, sims)
