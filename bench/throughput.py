@@ -12,9 +12,12 @@ run on loopback:
 5. ``proxy lz4``  -- the same pair with ``set compression NAME on`` (lz4), disk-like data;
 6. ``proxy zstd`` -- the same with ``set compression NAME 3`` (zstd level 3), disk-like data;
 
-plus the single-thread ``lz4.block`` and zstd level 3 compress speeds on the same disk-like data,
-in this process. P1 = proxy off / socat x2, P2 = proxy lz4 / lz4 codec speed (medians); proxy off
-/ haproxy x2 and proxy zstd / zstd speed are shown for comparison. Goodput is what the secondary
+then ``direct``, ``socat x2``, ``proxy off`` and ``proxy lz4`` again with iperf3 as the load (one
+client sending the same bytes, one ``-s -1`` server; C, so the load takes less of the two cores,
+as kernel DRBD would), plus the single-thread ``lz4.block`` and zstd level 3 compress speeds on
+the same disk-like data, in this process. P1 = proxy off / socat x2, P2 = proxy lz4 / lz4 codec
+speed (medians, for each load); proxy off / haproxy x2 and proxy zstd / zstd speed are shown for
+comparison. Goodput is what the secondary
 reports (``mb_per_s`` = bytes / duration, MB = 10^6 bytes). Runs are interleaved round-robin over
 the setups, each run with fresh relays or daemons, so slow drift of this noisy VM spreads over
 all setups instead of biasing one. A bar chart goes to ``--img-dir``/throughput-goodput.png.
@@ -36,6 +39,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shlex
 import shutil
 import signal
@@ -62,6 +66,7 @@ from results import (  # noqa: E402
 )
 
 BIN = Path(sys.executable).parent
+IPERF3 = shutil.which("iperf3") or "/usr/bin/iperf3"
 IP = "127.0.0.1"
 CHUNK = 64 << 10
 TARGETS = {"P1": (0.7, 1.0), "P2": (0.5, 1.0)}  # (target, goal), SPEC section 5
@@ -87,6 +92,9 @@ class Endpoints:
     a_peer: int
     b_peer: int
     wire_ratio: Callable[[], float | None] = lambda: None
+    #: Proxy setups: (bytes alice read from her side's sockets, bytes bob delivered or dropped
+    #: for a socket already closed), once alice's buffer is empty.
+    relayed: Callable[[], tuple[int, int] | None] = lambda: None
     #: The relays' process groups by the name their CPU is reported under ("relays": summed).
     relays: dict[str, list[int]] = field(default_factory=dict)
 
@@ -246,14 +254,27 @@ def proxy_pair(procs: Processes, compression: str | None) -> Iterator[Endpoints]
             wait_for(lambda: "ProxyConnected" in ctl(sock, "list connections").stdout,
                      "the proxies to link up")
 
+        def stats(side: int) -> dict[str, str]:
+            out = ctl(started[side][1], "print statistics").stdout
+            return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+        def total(st: dict[str, str], suffix: str) -> int:
+            # Every kind of stream: DRBD's data socket, or iperf3's opaque ones.
+            return sum(int(v) for k, v in st.items() if k.endswith(suffix))
+
         def wire_ratio() -> float | None:
-            out = ctl(started[0][1], "print statistics").stdout
-            stats = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
-            raw = int(stats.get("r0-bob-alice.data.to_peer.bytes", 0))
-            wire = int(stats.get("r0-bob-alice.data.to_peer.wire_bytes", 0))
+            st = stats(0)
+            raw, wire = total(st, ".to_peer.bytes"), total(st, ".to_peer.wire_bytes")
             return raw / wire if wire else None
 
+        def relayed() -> tuple[int, int]:
+            wait_for(lambda: stats(0)["r0-bob-alice.buffered"] == "0", "alice's buffer to drain")
+            bob = stats(1)
+            return (total(stats(0), ".to_peer.bytes"),
+                    total(bob, ".from_peer.bytes") + total(bob, ".dropped_after_close_bytes"))
+
         yield Endpoints(a_drbd, b_drbd, a_peer=a_in, b_peer=b_in, wire_ratio=wire_ratio,
+                        relayed=relayed,
                         relays={side: [proc.pid] for side, (proc, _) in zip(sides, started)})
     finally:
         for proc, sock in started:
@@ -296,13 +317,18 @@ def haproxy_hops(procs: Processes, compression: str | None) -> Iterator[Endpoint
             procs.stop(proc)
 
 
-SETUPS = [  # name, workload, setup, compression (a plugin, or None: off)
-    ("direct", "random", direct, None),
-    ("socat x2", "random", socat_hops, None),
-    ("haproxy x2", "random", haproxy_hops, None),
-    ("proxy off", "random", proxy_pair, None),
-    ("proxy lz4", "disk", proxy_pair, "lz4"),
-    ("proxy zstd", "disk", proxy_pair, "zstd"),
+SETUPS = [  # name, workload, setup, compression (a plugin, or None: off), load
+    ("direct", "random", direct, None, "drbd-sim"),
+    ("socat x2", "random", socat_hops, None, "drbd-sim"),
+    ("haproxy x2", "random", haproxy_hops, None, "drbd-sim"),
+    ("proxy off", "random", proxy_pair, None, "drbd-sim"),
+    ("proxy lz4", "disk", proxy_pair, "lz4", "drbd-sim"),
+    ("proxy zstd", "disk", proxy_pair, "zstd", "drbd-sim"),
+    # The same paths with a load in C that costs next to nothing per byte, as kernel DRBD does.
+    ("direct, iperf3", "random", direct, None, "iperf3"),
+    ("socat x2, iperf3", "random", socat_hops, None, "iperf3"),
+    ("proxy off, iperf3", "random", proxy_pair, None, "iperf3"),
+    ("proxy lz4, iperf3", "disk", proxy_pair, "lz4", "iperf3"),
 ]
 
 
@@ -342,6 +368,60 @@ def run_sims(procs: Processes, ends: Endpoints, workload: str, size: int) -> Run
     if s.get("cpu_s") is not None and p.get("cpu_s") is not None:
         cpu["sims"] = (s["cpu_s"] + p["cpu_s"]) / gb
     return Run(ok, s["mb_per_s"], s["duration_s"], error or "", ends.wire_ratio(), cpu)
+
+
+def disk_file(path: Path, size: int) -> Path:
+    """``size`` bytes of the sims' disk-like blocks (64 KiB writes 0, 1, ...), for iperf3 -F."""
+    wl = Workload("disk")
+    with open(path, "wb") as f:
+        for i in range(-(-size // CHUNK)):
+            f.write(wl.block(i, i * 128, CHUNK)[: size - i * CHUNK])
+    return path
+
+
+def children_cpu() -> float:
+    """CPU seconds of every child this process has reaped so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_iperf3(procs: Processes, ends: Endpoints, workload: str, size: int,
+               disk: Path | None) -> Run:
+    """One iperf3 test of ``size`` bytes from A's side to B's listen address; goodput is what
+    the server reports received over its test. iperf3 checks no content: the proxies' CRC-32C
+    over every chunk does, and a proxy pair must have relayed exactly what the client sent."""
+    data = ["-F", str(disk)] if workload == "disk" and disk is not None else ["-n", str(size)]
+    cpu_before, load_before = relay_cpu(ends.relays), children_cpu()
+    server = procs.start("iperf3-server", [IPERF3, "-s", "-1", "-J", "-B", IP,
+                                           "-p", str(ends.b_drbd)])
+    wait_for(lambda: ends.b_drbd in listening_ports(), "the iperf3 server to listen")
+    client = procs.start("iperf3-client", [IPERF3, "-c", IP, "-p", str(ends.a_peer), "-J",
+                                           *data])
+    try:
+        for proc in (client, server):
+            proc.wait(90 + size / 5e6)
+    except subprocess.TimeoutExpired:
+        return Run(False, error="timed out; " + tail(procs.logdir / "iperf3-server.out"))
+    finally:
+        procs.stop(client)
+        procs.stop(server)
+    gb = size / 1e9
+    cpu = {name: (after - cpu_before[name]) / gb for name, after in relay_cpu(ends.relays).items()}
+    cpu["load"] = (children_cpu() - load_before) / gb
+    try:
+        sent = json.loads((procs.logdir / "iperf3-client.out").read_text())["end"]["sum_sent"]
+        got = json.loads((procs.logdir / "iperf3-server.out").read_text())["end"]["sum_received"]
+    except (ValueError, KeyError):
+        return Run(False, error="iperf3: no report; " + tail(procs.logdir / "iperf3-client.out"))
+    relayed = ends.relayed()
+    errors = [f"client sent {sent['bytes']} of {size} bytes" if sent["bytes"] != size else "",
+              f"exit {client.returncode}/{server.returncode}" if client.returncode or server.returncode
+              else "",
+              f"the proxies relayed {relayed[1]} of {relayed[0]} bytes"
+              if relayed is not None and relayed[0] != relayed[1] else ""]
+    error = "; ".join(e for e in errors if e)
+    return Run(not error, got["bytes"] / got["seconds"] / 1e6, got["seconds"], error,
+               ends.wire_ratio(), cpu)
 
 
 def tail(path: Path, lines: int = 3) -> str:
@@ -418,7 +498,7 @@ def render(results: list[Result], codecs: dict[str, tuple[list[float], float]], 
         med, rng = fmt(speeds)
         rows.append(f"| {CODEC_LABELS[name]} | disk | passes: {len(speeds)} | {med} | {rng} | "
                     f"| {1000 / statistics.median(speeds):.2f} | ratio {ratio:.2f}, 64 MiB in "
-                    "64 KiB blocks |")
+                    "64 KiB blocks, one pass per round |")
     by_name = {r.name: r.goodputs() for r in results}
 
     def ratio_row(key: str, label: str, num: list[float], den: list[float]) -> str:
@@ -435,6 +515,10 @@ def render(results: list[Result], codecs: dict[str, tuple[list[float], float]], 
               ratio_row("P1", "proxy off / socat x2", by_name["proxy off"], by_name["socat x2"]),
               ratio_row("P2", "proxy lz4 / lz4.block compress", by_name["proxy lz4"],
                         codecs["lz4"][0]),
+              ratio_row("P1", "iperf3 load: proxy off / socat x2", by_name["proxy off, iperf3"],
+                        by_name["socat x2, iperf3"]),
+              ratio_row("P2", "iperf3 load: proxy lz4 / lz4.block compress",
+                        by_name["proxy lz4, iperf3"], codecs["lz4"][0]),
               ratio_row("—", "proxy off / haproxy x2", by_name["proxy off"], by_name["haproxy x2"]),
               ratio_row("—", "proxy zstd / zstd compress", by_name["proxy zstd"],
                         codecs["zstd"][0])]
@@ -454,7 +538,16 @@ def render(results: list[Result], codecs: dict[str, tuple[list[float], float]], 
         "the machine's 2 cores with the two drbd-sim processes. CPU s per GB = each process "
         "group's user + system CPU seconds (/proc/PID/stat, forked children included) from "
         "before the sims started to after they ended, and the two sims' own CPU over the "
-        "replication (their `cpu_s`), per 10⁹ bytes replicated; for a codec, 1 / its speed.", "",
+        "replication (their `cpu_s`), per 10⁹ bytes replicated; for a codec, 1 / its speed. "
+        "The `, iperf3` rows run the same paths with iperf3 (C) as the load instead of the two "
+        "drbd-sim processes in Python: one `iperf3 -c` sending the same bytes (the sims' 64 KiB "
+        "disk-like blocks from a file with `-F`, or `-n` bytes of iperf3's random buffer) in "
+        "128 KiB writes to a one-off `iperf3 -s -1` at B's address; the proxies relay its streams "
+        "as opaque ones through the same pipeline. Goodput = what the server reports received "
+        "over its test; the load's CPU = both iperf3 processes' (reaped children's rusage). "
+        "iperf3 checks no content: every chunk's CRC-32C in the proxies does, and a proxy run "
+        "counts only if bob delivered (or dropped for a socket iperf3 had already closed) "
+        "exactly the bytes alice read.", "",
         *rows, "", *ratios, "", *budget, *plot,
         "Failed runs: " + ("none" if not failures else ""), *failures, "",
         *(f"- {f}" for f in facts)])
@@ -488,6 +581,15 @@ def cpu_budget(by_name: dict[str, Result], lz4_speeds: list[float]) -> list[str]
             f"cost {floor:.2f} per GB: at most {2000 / floor:.0f} MB/s, P2 = "
             f"{2000 / floor / speed:.2f}. The pair's own cost above that floor is "
             f"{cpu.get('alice', 0) + cpu['bob'] - pair_floor:.2f}.")
+    cheap = by_name.get("proxy lz4, iperf3")
+    if cheap is not None and cheap.cpu() and cheap.goodputs() and "sims" in cpu:
+        c = cheap.cpu()
+        lines.append(
+            f"With iperf3 as the load, the load costs {c.get('load', 0):.2f} CPU seconds per GB "
+            f"instead of the sims' {cpu['sims']:.2f}, the pair itself {c.get('alice', 0):.2f} + "
+            f"{c.get('bob', 0):.2f} instead of {cpu.get('alice', 0):.2f} + {cpu['bob']:.2f} "
+            "(fuller reads and writes: iperf3 keeps the sockets full), and the pair carried "
+            f"{statistics.median(cheap.goodputs()):.0f} MB/s.")
     return [" ".join(lines), ""]
 
 
@@ -508,19 +610,20 @@ def plot_goodput(results: list[Result], codecs: dict[str, tuple[list[float], flo
     medians = [statistics.median(v) for _, v, _ in bars]
     low = [m - min(v) for m, (_, v, _) in zip(medians, bars)]
     high = [max(v) - m for m, (_, v, _) in zip(medians, bars)]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    ax.bar([b[0] for b in bars], medians, yerr=[low, high], capsize=4, color=[b[2] for b in bars])
+    fig, ax = plt.subplots(figsize=(13, 4.5))
+    ax.bar([b[0].replace(", ", ",\n") for b in bars], medians, yerr=[low, high], capsize=4, color=[b[2] for b in bars])
     for x, m in enumerate(medians):
         ax.annotate(f"{m:.0f}", (x, m), ha="center", va="bottom", fontsize=8,
                     xytext=(0, 3), textcoords="offset points")
     ax.set_ylabel("MB/s (median, min–max)")
-    ax.set_title("Goodput on loopback, 2 cores shared with the drbd-sim pair")
+    ax.set_title("Goodput on loopback, 2 cores shared with the load (drbd-sim pair, or iperf3)")
     ax.tick_params(axis="x", labelsize=8)
     return save_figure(fig, img_dir, "throughput-goodput.png")
 
 
 #: Colours of the parts of a replication's CPU cost, in stacking order.
-CPU_PARTS = {"relays": "tab:gray", "alice": "tab:blue", "bob": "tab:cyan", "sims": "tab:olive"}
+CPU_PARTS = {"relays": "tab:gray", "alice": "tab:blue", "bob": "tab:cyan", "sims": "tab:olive",
+             "load": "tab:green"}
 
 
 def plot_cpu(results: list[Result], codecs: dict[str, tuple[list[float], float]],
@@ -530,8 +633,8 @@ def plot_cpu(results: list[Result], codecs: dict[str, tuple[list[float], float]]
     plt = pyplot()
     if plt is None or not any(r.cpu() for r in results):
         return None
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    names = [r.name for r in results] + [CODEC_LABELS[n].split(" compress")[0] for n in codecs]
+    fig, ax = plt.subplots(figsize=(13, 4.5))
+    names = [r.name.replace(", ", ",\n") for r in results] + [CODEC_LABELS[n].split(" compress")[0] for n in codecs]
     bottoms = [0.0] * len(names)
     for part, colour in CPU_PARTS.items():
         heights = [r.cpu().get(part, 0.0) for r in results] + [0.0] * len(codecs)
@@ -565,24 +668,31 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally below runs
 
     facts = machine_facts()
-    print(f"lz4 and zstd compress speed ({args.runs} passes over 64 MiB) ...", flush=True)
-    codecs = codec_speeds(max(args.runs, 1))
-    results = [Result(name, workload) for name, workload, _, _ in SETUPS]
+    codecs: dict[str, tuple[list[float], float]] = {}
+    results = [Result(name, workload) for name, workload, _, _, _ in SETUPS]
     logroot = Path(tempfile.mkdtemp(prefix="drbdproxy-bench-"))
     procs = Processes(logroot)
+    disk = disk_file(logroot / "disk.bin", size)
     try:
         for i in range(args.runs):
-            for result, (name, workload, setup, compression) in zip(results, SETUPS):
-                procs.logdir = logroot / f"run{i + 1}-{name.replace(' ', '-')}"
+            # The references are measured in every round, so they see the same drift of this
+            # VM's speed as the setups do (lz4 alone has measured 780 to 1060 MB/s in one day).
+            for codec, (speeds, ratio) in codec_speeds(1).items():
+                codecs[codec] = (codecs.get(codec, ([], ratio))[0] + speeds, ratio)
+            print(f"run {i + 1}/{args.runs} codecs: " + ", ".join(
+                f"{codec} {speeds[-1]:.0f} MB/s" for codec, (speeds, _) in codecs.items()), flush=True)
+            for result, (name, workload, setup, compression, load) in zip(results, SETUPS):
+                procs.logdir = logroot / f"run{i + 1}-{name.replace(',', '').replace(' ', '-')}"
                 procs.logdir.mkdir()
                 try:
                     with setup(procs, compression) as ends:
-                        run = run_sims(procs, ends, workload, size)
+                        run = (run_sims(procs, ends, workload, size) if load == "drbd-sim"
+                               else run_iperf3(procs, ends, workload, size, disk))
                 except RuntimeError as e:
                     run = Run(False, error=f"setup failed: {e}")
                 result.runs.append(run)
                 status = f"{run.mb_per_s:8.1f} MB/s" if run.ok else f"FAILED: {run.error}"
-                print(f"run {i + 1}/{args.runs} {name:10} {workload:6} {status}", flush=True)
+                print(f"run {i + 1}/{args.runs} {name:17} {workload:6} {status}", flush=True)
     except (KeyboardInterrupt, SystemExit) as e:
         procs.stop_all()
         print(f"interrupted: nothing written; logs in {logroot}", file=sys.stderr)
