@@ -49,6 +49,51 @@ def test_budget_pauses_readers_at_memlimit_and_resumes_at_the_low_watermark():
     assert budget.peak == 1 << 20
 
 
+def test_budget_pauses_reads_while_too_much_waits_for_compression():
+    """Reads pause once backlog_limit raw bytes wait to be compressed, without that counting as
+    a full buffer, and resume when half of it is encoded; encoded bytes are held at their wire
+    size."""
+    changes: list[bool] = []
+    budget = Budget(64 << 20, changes.append, backlog_limit=1 << 20)
+    reader = Reader()
+    budget.register(reader)
+    budget.addRaw(512 << 10)
+    assert reader.events == [] and budget.reading
+    budget.addRaw(512 << 10)
+    assert reader.events == ["pause"] and not budget.reading
+    assert not budget.paused and budget.pauses == 0 and changes == []  # not memlimit
+    budget.encoded(256 << 10, 100 << 10)
+    assert reader.events == ["pause"]  # 768 KiB still waiting: more than half
+    budget.encoded(256 << 10, 100 << 10)
+    assert reader.events == ["pause", "resume"] and budget.reading
+    assert budget.backlog == 512 << 10 and budget.used == (512 << 10) + (200 << 10)
+
+
+def test_budget_resumes_reads_only_when_neither_reason_holds():
+    """A full buffer and a compression backlog each stop reads; readers hear one pause and one
+    resume, when the last of the two clears."""
+    budget = Budget(1 << 20, backlog_limit=1 << 20)
+    reader = Reader()
+    budget.register(reader)
+    budget.addRaw(1 << 20)  # both at once: memlimit and the backlog
+    assert reader.events == ["pause"] and budget.paused
+    budget.encoded(1 << 20, 0)  # backlog cleared, and the buffer is empty
+    assert reader.events == ["pause", "resume"] and not budget.paused
+    budget.addRaw(900 << 10)
+    budget.add(200 << 10)  # full, backlog below its limit
+    assert reader.events == ["pause", "resume", "pause"]
+    budget.sub(200 << 10)  # 900 KiB: still above the low watermark
+    assert reader.events[-1] == "pause"
+    budget.encoded(900 << 10, 1000)
+    assert reader.events == ["pause", "resume", "pause", "resume"]
+    late = Reader()
+    budget.addRaw(1 << 20)
+    budget.register(late)  # registered while reads wait: paused at once
+    assert late.events == ["pause"]
+    budget.reset()
+    assert budget.backlog == budget.used == 0 and late.events == ["pause", "resume"]
+
+
 def test_budget_limit_changes_apply_live():
     """Raising memlimit resumes paused reads; lowering keeps what is held and pauses new reads."""
     budget = Budget(1 << 20)

@@ -219,7 +219,7 @@ class Stream:
         self._scan(self.scan_to_peer, data, "to peer")
         codec = conn.codec if self.bulk else RAW_CODEC
         pieces = chunks(data, min(conn.max_chunk(self.link), CHUNK_LIMIT))
-        conn.budget.add(len(data))
+        conn.budget.addRaw(len(data))
         encoded = conn.encoder.encodeAll(codec, pieces)
         writer.pushDataAll(self.sid, encoded, [len(piece) for piece in pieces], self._countWire)
 
