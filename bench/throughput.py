@@ -332,6 +332,25 @@ SETUPS = [  # name, workload, setup, compression (a plugin, or None: off), load
 ]
 
 
+def ended_in_time(procs: Processes, load: tuple[subprocess.Popen, ...], size: int) -> bool:
+    """Wait for the load's processes to end (90 s plus 5 MB/s for ``size``), then stop them."""
+    deadline = time.monotonic() + 90 + size / 5e6
+    try:
+        for proc in load:
+            proc.wait(max(1.0, deadline - time.monotonic()))
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+    finally:
+        for proc in load:
+            procs.stop(proc)
+
+
+def relay_cost(ends: Endpoints, before: dict[str, float], gb: float) -> dict[str, float]:
+    """CPU seconds per GB each relay spent since ``before`` (a ``relay_cpu`` reading)."""
+    return {name: (after - before[name]) / gb for name, after in relay_cpu(ends.relays).items()}
+
+
 def run_sims(procs: Processes, ends: Endpoints, workload: str, size: int) -> Run:
     """One replication of ``size`` bytes; the secondary's report decides goodput."""
     common = ["--protocol", "A", "--block-size", "64k", "--ping-timeout", "30"]
@@ -343,17 +362,10 @@ def run_sims(procs: Processes, ends: Endpoints, workload: str, size: int) -> Run
     primary = procs.start("primary", [sim, "--role", "primary", "--listen", f"{IP}:{ends.a_drbd}",
                                       "--peer", f"{IP}:{ends.a_peer}", "--size", str(size),
                                       "--workload", workload, *common])
-    deadline = time.monotonic() + 90 + size / 5e6
-    try:
-        for proc in (primary, secondary):
-            proc.wait(max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
+    if not ended_in_time(procs, (primary, secondary), size):
         return Run(False, error="timed out; " + tail(procs.logdir / "secondary.err"))
-    finally:
-        procs.stop(primary)
-        procs.stop(secondary)
     gb = size / 1e9
-    cpu = {name: (after - cpu_before[name]) / gb for name, after in relay_cpu(ends.relays).items()}
+    cpu = relay_cost(ends, cpu_before, gb)
     reports = {}
     for role in ("primary", "secondary"):
         try:
@@ -370,12 +382,17 @@ def run_sims(procs: Processes, ends: Endpoints, workload: str, size: int) -> Run
     return Run(ok, s["mb_per_s"], s["duration_s"], error or "", ends.wire_ratio(), cpu)
 
 
-def disk_file(path: Path, size: int) -> Path:
-    """``size`` bytes of the sims' disk-like blocks (64 KiB writes 0, 1, ...), for iperf3 -F."""
+def disk_blocks(count: int) -> list[bytes]:
+    """The sims' first ``count`` disk-like 64 KiB writes, as a primary writes them."""
     wl = Workload("disk")
+    return [wl.block(i, i * 128, CHUNK) for i in range(count)]
+
+
+def disk_file(path: Path, size: int) -> Path:
+    """``size`` bytes of the sims' disk-like blocks, for iperf3 -F."""
     with open(path, "wb") as f:
-        for i in range(-(-size // CHUNK)):
-            f.write(wl.block(i, i * 128, CHUNK)[: size - i * CHUNK])
+        for i, block in enumerate(disk_blocks(-(-size // CHUNK))):
+            f.write(block[: size - i * CHUNK])
     return path
 
 
@@ -397,16 +414,10 @@ def run_iperf3(procs: Processes, ends: Endpoints, workload: str, size: int,
     wait_for(lambda: ends.b_drbd in listening_ports(), "the iperf3 server to listen")
     client = procs.start("iperf3-client", [IPERF3, "-c", IP, "-p", str(ends.a_peer), "-J",
                                            *data])
-    try:
-        for proc in (client, server):
-            proc.wait(90 + size / 5e6)
-    except subprocess.TimeoutExpired:
+    if not ended_in_time(procs, (client, server), size):
         return Run(False, error="timed out; " + tail(procs.logdir / "iperf3-server.out"))
-    finally:
-        procs.stop(client)
-        procs.stop(server)
     gb = size / 1e9
-    cpu = {name: (after - cpu_before[name]) / gb for name, after in relay_cpu(ends.relays).items()}
+    cpu = relay_cost(ends, cpu_before, gb)
     cpu["load"] = (children_cpu() - load_before) / gb
     try:
         sent = json.loads((procs.logdir / "iperf3-client.out").read_text())["end"]["sum_sent"]
@@ -434,8 +445,7 @@ def codec_speeds(runs: int, total: int = 64 << 20) -> dict[str, tuple[list[float
     """Single-thread compress speed (MB/s of input) per pass over ``total`` bytes of disk-like
     64 KiB blocks, after one warm-up pass, with the compression ratio: lz4.block fast mode
     (acceleration 1, what ``compression on`` uses) and zstd level 3."""
-    wl = Workload("disk")
-    chunks = [wl.block(i, i * 128, CHUNK) for i in range(total // CHUNK)]
+    chunks = disk_blocks(total // CHUNK)
     zstd = zstandard.ZstdCompressor(level=3)
     compressors = {
         "lz4": lambda c: lz4.block.compress(c, mode="fast", acceleration=1, store_size=False),

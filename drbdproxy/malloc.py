@@ -81,9 +81,10 @@ class HeapTrimmer:
         """Whether to trim now, given the bytes held by connections and the resident set."""
         if resident is not None:
             excess = resident - held
-            if self._floor is None or self._measure_floor:
-                self._floor, self._measure_floor = excess, False
-            self._floor = min(self._floor, excess)
+            # Right after a trim, what it left is the floor; otherwise the least excess seen.
+            reset = self._floor is None or self._measure_floor
+            self._floor = excess if reset else min(self._floor, excess)  # type: ignore[type-var]
+            self._measure_floor = False
             if excess - self._floor >= self.slack:
                 self._measure_floor = True
                 return self._trimmed(held)

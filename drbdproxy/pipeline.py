@@ -117,7 +117,8 @@ class Budget:
             self._backlogged = backlogged
         if full is not None:
             self.paused = full
-            self.pauses += full
+            if full:
+                self.pauses += 1
         if self.reading != was_reading:
             for reader in list(self._readers):
                 if self.reading:
