@@ -270,8 +270,12 @@ def proxy_pair(procs: Processes, compression: str | None) -> Iterator[Endpoints]
         def relayed() -> tuple[int, int]:
             wait_for(lambda: stats(0)["r0-bob-alice.buffered"] == "0", "alice's buffer to drain")
             bob = stats(1)
-            return (total(stats(0), ".to_peer.bytes"),
-                    total(bob, ".from_peer.bytes") + total(bob, ".dropped_after_close_bytes"))
+            alice = stats(0)
+            # What alice read went to bob (delivered there, or dropped for a socket already
+            # closed), or was discarded unsent when its socket closed at alice.
+            return (total(alice, ".to_peer.bytes"),
+                    total(bob, ".from_peer.bytes") + total(bob, ".dropped_after_close_bytes")
+                    + total(alice, ".discarded.to_peer_bytes"))
 
         yield Endpoints(a_drbd, b_drbd, a_peer=a_in, b_peer=b_in, wire_ratio=wire_ratio,
                         relayed=relayed,
@@ -556,8 +560,8 @@ def render(results: list[Result], codecs: dict[str, tuple[list[float], float]], 
         "as opaque ones through the same pipeline. Goodput = what the server reports received "
         "over its test; the load's CPU = both iperf3 processes' (reaped children's rusage). "
         "iperf3 checks no content: every chunk's CRC-32C in the proxies does, and a proxy run "
-        "counts only if bob delivered (or dropped for a socket iperf3 had already closed) "
-        "exactly the bytes alice read.", "",
+        "counts only if the bytes alice read are exactly those bob delivered, or dropped for a "
+        "socket iperf3 had already closed, or that alice discarded unsent when iperf3 closed.", "",
         *rows, "", *ratios, "", *budget, *plot,
         "Failed runs: " + ("none" if not failures else ""), *failures, "",
         *(f"- {f}" for f in facts)])

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.task import LoopingCall
 
@@ -26,7 +27,9 @@ from .link import (
     Accepted,
     ClientHandshake,
     Close,
+    CloseReason,
     Data,
+    Discard,
     ErrorFrame,
     Frame,
     GoAway,
@@ -58,6 +61,9 @@ DEFAULT_PING_TIMEOUT = 100
 #: Every codec this proxy can decompress, announced in the handshake.
 DECODABLE = tuple(int(c) for c in CodecId)
 _BACKOFF_MIN, _BACKOFF_MAX = 0.2, 10.0
+#: DISCARDs remembered for streams whose OPEN has not arrived yet (it may still be on its way on
+#: the bulk link, behind data, while the DISCARD came on the control link).
+EARLY_DISCARDS = 256
 
 
 class State:
@@ -131,11 +137,18 @@ class ProxyConnection(Service):
         self._buffer_full_reported = False
         self.budget = Budget(self.settings.memlimit, self._bufferFull)
         self.drain = DrainRate()
+        self._bwlimit = self.settings.options.get("bwlimit", 0)
+        self.drain.reset(self._bwlimit)
         self.state = State.CONNECTING
         self.reconnects = 0
         #: Raw bytes of DATA frames that came for a stream already gone here (its DRBD socket
         #: closed first): dropped, so the peer's to_peer bytes are our from_peer plus these.
         self.dropped_after_close = 0
+        #: Raw bytes thrown away because their DRBD socket or the whole session closed: read
+        #: from our DRBD but never sent, and received for our DRBD but never written to it
+        #: (dropped_after_close included).
+        self.discarded_to_peer = 0
+        self.discarded_from_peer = 0
         self.link_rtt_ms: float | None = None
         # The proxy with the lower outside address dials; the other accepts (no crossed links).
         self.dialer = address_bytes(spec.listen_outside) < address_bytes(spec.connect_peer_outside)
@@ -143,6 +156,10 @@ class ProxyConnection(Service):
         self.bulk: LinkProtocol | None = None
         self._session: bytes | None = None
         self._ids: dict[LinkProtocol, StreamIdAllocator] = {}
+        #: Per link: the highest stream id the peer has opened, and the ids it discarded
+        #: before their OPEN arrived.
+        self._peer_last: dict[LinkProtocol, int] = {}
+        self._early_discards: dict[LinkProtocol, set[int]] = {}
         self.streams: dict[tuple[LinkProtocol, int], Stream] = {}
         self._ports: list[IListeningPort] = []
         self._retry: IDelayedCall | None = None
@@ -170,9 +187,14 @@ class ProxyConnection(Service):
         return self._codec
 
     def settingsChanged(self) -> None:
-        """Apply settings live: memlimit at once, a new codec from the next chunk on, bwlimit."""
+        """Apply settings live: memlimit at once, a new codec from the next chunk on, bwlimit
+        (and the drain rate is measured afresh under it)."""
         self._codec = None
         self.budget.setLimit(self.settings.memlimit)
+        bwlimit = self.settings.options.get("bwlimit", 0)
+        if bwlimit != self._bwlimit:
+            self._bwlimit = bwlimit
+            self.drain.reset(bwlimit)
         self._applyBwlimit()
 
     def _applyBwlimit(self) -> None:
@@ -209,16 +231,18 @@ class ProxyConnection(Service):
         if self.dialer:
             self._scheduleDial(0)
 
-    def stopService(self) -> Any:
+    def stopService(self) -> Deferred[Any]:
+        """Say GOAWAY on both links and close them; fires once they are closed (within
+        ping-timeout whatever the peer does)."""
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
-        for link in (self.control, self.bulk):
-            if link is not None and link.writer is not None:
-                link.writer.writeNow(GoAway(GoAwayReason.CONNECTION_REMOVED, "").encode())
-        self._teardown("connection removed", redial=False)
+        closed = [link.whenClosed() for link in (self.control, self.bulk) if link is not None]
+        self._teardown("connection removed", redial=False,
+                       goaway=GoAway(GoAwayReason.CONNECTION_REMOVED, ""))
         self.unbind()
         self._log.info("connection {name} removed", name=self.name)
-        return super().stopService()
+        super().stopService()
+        return DeferredList(closed).addCallback(lambda _: None)
 
     # -- dialling the peer proxy -----------------------------------------------------------------
     def _scheduleDial(self, delay: float | None = None) -> None:
@@ -262,6 +286,11 @@ class ProxyConnection(Service):
     def clock(self) -> Any:
         return self._reactor
 
+    @property
+    def close_timeout(self) -> float:
+        """Seconds a closing DRBD socket or link may take to flush before it is aborted."""
+        return self.settings.ping_timeout
+
     def checkPeerCertificate(self, transport: Any, side: Side) -> str | None:
         """The dialler's TLS already checked the name; the accepting side checks it here."""
         if self._tls is None or side is Side.CLIENT:
@@ -295,8 +324,11 @@ class ProxyConnection(Service):
         else:
             self.bulk = link
             self._codec = None  # choose again, within what this peer can decompress
+            self.drain.reset(self._bwlimit)  # a new link: its rate is measured afresh
             self._applyBwlimit()
         self._ids[link] = StreamIdAllocator(link.side)
+        self._peer_last[link] = 0
+        self._early_discards[link] = set()
         if self.control is not None and self.bulk is not None:
             self._proxyConnected()
 
@@ -331,18 +363,47 @@ class ProxyConnection(Service):
             else:
                 self._checkKnownStream(link, frame.stream)
                 self.dropped_after_close += frame.raw_length
+                self.discarded_from_peer += frame.raw_length
         elif isinstance(frame, Open):
             self._peerOpened(link, frame)
         elif isinstance(frame, Close):
             stream = self.streams.pop((link, frame.stream), None)
             if stream is not None:
-                stream.remoteClosed(frame)
+                stream.remoteClosed(frame.reason, frame.message)
+        elif isinstance(frame, Discard):
+            self._peerDiscarded(frame)
         elif isinstance(frame, Ping):
             link.writer.writeNow(frame.pong().encode())  # type: ignore[union-attr]
         elif isinstance(frame, Pong):
             self.link_rtt_ms = (time.monotonic_ns() - frame.sent_ns) / 1e6
-        elif isinstance(frame, (GoAway, ErrorFrame)):
-            self._teardown(f"peer proxy: {frame.message or type(frame).__name__}")
+        elif isinstance(frame, GoAway):
+            code = frame.code
+            what = code.name.lower().replace("_", " ") if isinstance(code, GoAwayReason) \
+                else f"reason {code}"
+            self._teardown(f"the peer proxy said GOAWAY: {what}"
+                           + (f" ({frame.message})" if frame.message else ""))
+        elif isinstance(frame, ErrorFrame):
+            self._teardown(f"peer proxy: {frame.message or 'ERROR'}")
+
+    def _peerDiscarded(self, frame: Discard) -> None:
+        """The peer's DRBD socket of a stream on either link is gone: so is ours, at once."""
+        link = self.control if frame.role is LinkRole.CONTROL else self.bulk
+        if link is None:
+            return
+        stream = self.streams.pop((link, frame.target), None)
+        if stream is not None:
+            stream.remoteClosed(frame.reason)
+            return
+        peers = (frame.target & 1) == (0 if link.side is Side.CLIENT else 1)
+        if peers and frame.target > self._peer_last[link]:
+            # Its OPEN is still on its way on the other link: drop the stream when it comes.
+            early = self._early_discards[link]
+            if len(early) >= EARLY_DISCARDS:
+                raise LinkProtocolError(ErrorCode.STREAM_ERROR,
+                                        f"more than {EARLY_DISCARDS} DISCARDs ahead of their OPEN")
+            early.add(frame.target)
+            return
+        self._checkKnownStream(link, frame.target)
 
     def _checkKnownStream(self, link: LinkProtocol, sid: int) -> None:
         """DATA for a stream already closed is dropped; for one never opened it is a violation."""
@@ -363,9 +424,19 @@ class ProxyConnection(Service):
             return
         self._ping_token += 1
         control.writer.writeNow(Ping(self._ping_token, time.monotonic_ns()).encode())
+        self._checkPausedDrbd()
         if self.bulk is not None and self.bulk.writer is not None:
             busy = self.bulk.writer.queued > 0
             self.drain.sample(now, self.bulk.writer.sent, busy)
+
+    def _checkPausedDrbd(self) -> None:
+        """Reads from DRBD are paused: find the DRBD sockets DRBD has dropped meanwhile."""
+        if self.budget.reading:
+            return
+        streams = list(self.streams.values())
+        meta = any(s.kind is StreamKind.META and not s.closed for s in streams)
+        for stream in streams:
+            stream.checkDrbdClosed(orphaned=not meta and stream.kind is StreamKind.DATA)
 
     # -- streams ---------------------------------------------------------------------------------
     def acceptsDrbd(self) -> bool:
@@ -380,12 +451,17 @@ class ProxyConnection(Service):
         sid = self._ids[link].allocate()
         stream = Stream(self, link, sid, kind)
         self.streams[(link, sid)] = stream
-        link.writer.push(Open(sid, kind, link.side).encode())
+        link.writer.pushOpen(sid, Open(sid, kind, link.side).encode())
         stream.attach(sock)
         return stream
 
     def _peerOpened(self, link: LinkProtocol, frame: Open) -> None:
         """The peer's DRBD opened a socket: open ours to the local DRBD, from the inside IP."""
+        self._peer_last[link] = frame.stream
+        early = self._early_discards[link]
+        if frame.stream in early:
+            early.discard(frame.stream)  # closed at the peer already: never connect
+            return
         stream = Stream(self, link, frame.stream, frame.kind)
         self.streams[(link, frame.stream)] = stream
         self._connectDrbd(stream, self.spec.listen_inside)
@@ -397,7 +473,21 @@ class ProxyConnection(Service):
         retry = None
         if source[1]:
             retry = lambda: self._connectDrbd(stream, (source[0], 0))  # noqa: E731
-        connect_from(self._reactor, host, port, DrbdConnectFactory(stream, retry), source)
+        stream.connector = connect_from(self._reactor, host, port,
+                                        DrbdConnectFactory(stream, retry), source)
+
+    def tellPeerClosed(self, stream: Stream, reason: CloseReason, message: str = "") -> None:
+        """Our DRBD socket of ``stream`` is gone (or never came up): CLOSE ends the stream on
+        its link, and for a stream of the bulk link a DISCARD on the control link gets there
+        even while the peer is not reading the bulk link."""
+        link = stream.link
+        if link.writer is None:
+            return
+        link.writer.push(Close(stream.sid, reason, message).encode())
+        control = self.control
+        if link is not control and control is not None and control.writer is not None:
+            control.writer.writeNow(Discard(link.role or LinkRole.BULK, stream.sid,
+                                            reason).encode())
 
     def _bufferFull(self, full: bool) -> None:
         # A saturated link flips this many times a second: one info event per change of
@@ -432,6 +522,15 @@ class ProxyConnection(Service):
             _addCounters(result.setdefault(stream.name, {}), stream)
         return result
 
+    def discarded(self) -> tuple[int, int]:
+        """Raw bytes discarded so far (to the peer, from the peer), live streams included."""
+        to_peer, from_peer = self.discarded_to_peer, self.discarded_from_peer
+        for stream in self.streams.values():
+            if not stream.retired:
+                to_peer += stream.discarded_to_peer
+                from_peer += stream.discarded_from_peer
+        return to_peer, from_peer
+
     def out_of_sync(self) -> int:
         """P_OUT_OF_SYNC sent by this site's DRBD: it pulled ahead (congestion) and will resync."""
         return self.packet_counts()[("data", "to_peer", "P_OUT_OF_SYNC")]
@@ -444,34 +543,61 @@ class ProxyConnection(Service):
         return result
 
     def streamGone(self, stream: Stream) -> None:
-        self._log.info("DRBD {kind} socket {peer} of {name} closed ({to_peer} bytes to the peer,"
-                       " {from_peer} from it)", kind=stream.name, peer=stream.peer,
-                       name=self.name, to_peer=stream.to_peer, from_peer=stream.from_peer)
-        _addCounters(self.closed_totals.setdefault(stream.name, {}), stream)
-        _addPackets(self.closed_packets, stream)
+        """A stream is over: count it into the totals (once), forget it."""
+        self._retire(stream)
         if self.streams.get((stream.link, stream.sid)) is stream:
             del self.streams[(stream.link, stream.sid)]
+        if stream.kind is StreamKind.META:
+            self._checkPausedDrbd()
         if self.state == State.CONNECTED:
             kinds = {s.kind for s in self.streams.values() if s.sock is not None}
             if not {StreamKind.DATA, StreamKind.META} <= kinds:
                 self._setState(State.PROXY_CONNECTED, "a DRBD socket closed")
 
+    def _retire(self, stream: Stream) -> None:
+        if stream.retired:
+            return
+        stream.retired = True
+        discarded = ""
+        if stream.discarded_to_peer or stream.discarded_from_peer:
+            discarded = (f"; discarded {stream.discarded_to_peer} bytes not yet sent and"
+                         f" {stream.discarded_from_peer} not yet written to DRBD")
+        self._log.info("DRBD {kind} socket {peer} of {name} closed ({to_peer} bytes to the peer,"
+                       " {from_peer} from it{discarded})", kind=stream.name, peer=stream.peer,
+                       name=self.name, to_peer=stream.to_peer, from_peer=stream.from_peer,
+                       discarded=discarded)
+        self.discarded_to_peer += stream.discarded_to_peer
+        self.discarded_from_peer += stream.discarded_from_peer
+        _addCounters(self.closed_totals.setdefault(stream.name, {}), stream)
+        _addPackets(self.closed_packets, stream)
+
     # -- teardown --------------------------------------------------------------------------------
-    def _teardown(self, reason: str, redial: bool = True) -> None:
+    def _teardown(self, reason: str, redial: bool = True, goaway: GoAway | None = None) -> None:
+        """Drop both links, every DRBD socket and everything buffered. With ``goaway``, it is
+        the links' last frame before their close; without, they are aborted at once."""
         was = self.state
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
         self._heartbeat = None
+        dropped = 0
+        for link in (self.control, self.bulk):
+            if link is not None and link.writer is not None:
+                dropped += link.writer.close()
+        self.discarded_to_peer += dropped
         streams, self.streams = list(self.streams.values()), {}
         for stream in streams:
             stream.abort()
-            _addCounters(self.closed_totals.setdefault(stream.name, {}), stream)
-            _addPackets(self.closed_packets, stream)
+            self._retire(stream)
         for link in (self.control, self.bulk):
             if link is not None:
-                link.fail(reason)
+                link.fail(reason, goaway.encode() if goaway is not None else None)
+        if dropped:
+            self._log.info("connection {name}: discarded {dropped} buffered bytes not yet sent",
+                           name=self.name, dropped=dropped)
         self.control = self.bulk = None
         self._ids.clear()
+        self._peer_last.clear()
+        self._early_discards.clear()
         self.budget.reset()
         if was != State.CONNECTING:
             self.reconnects += 1

@@ -177,10 +177,14 @@ class ChunkEncoder:
 
 
 class DrainRate:
-    """The link's measured drain rate: an average over intervals in which data was waiting."""
+    """The link's measured drain rate: an average over intervals in which data was waiting.
+
+    ``ceiling`` (bwlimit) caps the estimate, and stands in for it until a rate is measured.
+    """
 
     def __init__(self, weight: float = 0.3) -> None:
         self.rate: float | None = None
+        self.ceiling: float | None = None
         self._weight = weight
         self._last: tuple[float, int] | None = None
 
@@ -194,10 +198,19 @@ class DrainRate:
                     self._weight * observed + (1 - self._weight) * self.rate)
         self._last = (now, sent)
 
+    def reset(self, ceiling: float | None = None) -> None:
+        """The link changed (a new link, another bwlimit): what was measured says nothing now."""
+        self.rate = None
+        self._last = None
+        self.ceiling = ceiling or None
+
     def drain_seconds(self, buffered: int) -> float | None:
         if not buffered:
             return 0.0
-        return buffered / self.rate if self.rate else None
+        rate = self.rate
+        if self.ceiling is not None:
+            rate = min(rate, self.ceiling) if rate else self.ceiling
+        return buffered / rate if rate else None
 
 
 class TokenBucket:
@@ -228,13 +241,31 @@ _Piece = Union[bytes, memoryview]
 
 
 class _Entry:
-    __slots__ = ("chunks", "cost", "size")
+    __slots__ = ("chunks", "cost", "size", "stream", "raw", "opens", "discarded")
 
-    def __init__(self, chunks: list[_Piece] | None, cost: int) -> None:
+    def __init__(self, chunks: list[_Piece] | None, cost: int, stream: int = 0,
+                 raw: int = 0, opens: bool = False) -> None:
         self.chunks = chunks
         self.cost = cost
         #: Bytes on the wire, known once the frame is ready.
         self.size = sum(map(len, chunks)) if chunks is not None else 0
+        #: The stream of a DATA or OPEN frame (0: any other frame), its raw bytes, and whether
+        #: this is the stream's OPEN.
+        self.stream = stream
+        self.raw = raw
+        self.opens = opens
+        #: Dropped from the queue while still being compressed.
+        self.discarded = False
+
+
+@dataclass
+class Discarded:
+    """What :meth:`FrameWriter.discard` dropped of one stream."""
+
+    #: Raw bytes of DATA frames never sent.
+    raw: int = 0
+    #: The stream's OPEN was still queued too: the peer never heard of the stream.
+    unopened: bool = False
 
 
 @implementer(IPushProducer)
@@ -284,12 +315,17 @@ class FrameWriter:
         self._queue.append(_Entry([data], cost))
         self._flush()
 
+    def pushOpen(self, stream: int, data: bytes) -> None:
+        """Queue the OPEN frame of ``stream`` (dropped with its DATA if it was never sent)."""
+        self._queue.append(_Entry([data], 0, stream, opens=True))
+        self._flush()
+
     def pushDataAll(self, stream: int, encoded: list[Encoded] | Deferred[list[Encoded]],
                     raw_costs: list[int],
                     on_encoded: Callable[[Encoded], object] | None = None) -> None:
         """Queue one DATA frame per raw cost, in order: the chunks of one DRBD read, encoded
         (``encoded`` has one Encoded per cost) or still being compressed together."""
-        entries = [_Entry(None, cost) for cost in raw_costs]
+        entries = [_Entry(None, cost, stream, cost) for cost in raw_costs]
         self._queue.extend(entries)
         if isinstance(encoded, list):
             self._encoded(encoded, entries, stream, on_encoded)
@@ -300,10 +336,13 @@ class FrameWriter:
     def _encoded(self, encoded: list[Encoded], entries: list[_Entry], stream: int,
                  on_encoded: Callable[[Encoded], object] | None = None) -> None:
         for enc, entry in zip(encoded, entries):
-            if on_encoded is not None:
-                on_encoded(enc)
             if self._closed:
                 return
+            if entry.discarded:
+                self._budget.encoded(entry.cost, 0)  # its stream closed while it was compressed
+                continue
+            if on_encoded is not None:
+                on_encoded(enc)
             header = encode_data_header(stream, enc.codec, enc.raw_length, enc.crc32c,
                                         len(enc.payload))
             # Hold what the frame really costs now: the compressed payload, not the raw chunk.
@@ -312,6 +351,26 @@ class FrameWriter:
             entry.cost = entry.size = wire
             entry.chunks = [header, enc.payload]
         self._flush()
+
+    def discard(self, stream: int) -> Discarded:
+        """Drop the frames of ``stream`` not yet handed to the transport: its DRBD socket is
+        gone. Frames still being compressed leave the budget when their job is done."""
+        kept: deque[_Entry] = deque()
+        dropped = Discarded()
+        for entry in self._queue:
+            if entry.stream != stream:
+                kept.append(entry)
+                continue
+            dropped.raw += entry.raw
+            dropped.unopened |= entry.opens
+            if entry.chunks is None:
+                entry.discarded = True
+            else:
+                self._budget.sub(entry.cost)
+        if len(kept) != len(self._queue):
+            self._queue = kept
+            self._flush()  # the head may be ready now
+        return dropped
 
     def _failed(self, failure: Failure) -> None:
         if not self._closed:
@@ -351,12 +410,15 @@ class FrameWriter:
         if self._wakeup is None or not self._wakeup.active():
             self._wakeup = self._clock.callLater(wait, self._flush)
 
-    def close(self) -> None:
-        """Drop everything queued (the link is gone); the budget is reset by the connection."""
+    def close(self) -> int:
+        """Drop everything queued (the link is gone); the budget is reset by the connection.
+        Returns the raw bytes of the DATA frames dropped."""
+        dropped = 0 if self._closed else sum(entry.raw for entry in self._queue)
         self._closed = True
         self._queue.clear()
         if self._wakeup is not None and self._wakeup.active():
             self._wakeup.cancel()
+        return dropped
 
     # IPushProducer, driven by the link transport
     def pauseProducing(self) -> None:

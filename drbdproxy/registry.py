@@ -251,6 +251,10 @@ class ConnectionRegistry(MultiService):
             yield f"{c.name}.out_of_sync {c.out_of_sync()}"
             yield f"{c.name}.reconnects {c.reconnects}"
             yield f"{c.name}.dropped_after_close_bytes {c.dropped_after_close}"
+            discarded_to, discarded_from = c.discarded()
+            yield f"{c.name}.discarded_bytes {discarded_to + discarded_from}"
+            yield f"{c.name}.discarded.to_peer_bytes {discarded_to}"
+            yield f"{c.name}.discarded.from_peer_bytes {discarded_from}"
             for kind, t in sorted(c.totals().items()):
                 prefix = f"{c.name}.{kind}"
                 yield f"{prefix}.to_peer.bytes {t['to_peer']}"

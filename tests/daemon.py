@@ -49,6 +49,15 @@ class Daemon:
         return self.proc.wait(timeout=30)
 
 
+def assert_clean_disconnect(*sims) -> None:
+    """Each drbd-sim ended in a lost connection, never in a verification error."""
+    for sim in sims:
+        rc, report = sim.report()
+        assert rc == 1 and report["verified"] is False
+        assert "connection lost" in report["error"] or "PingAck" in report["error"], report["error"]
+        assert "differs" not in report["error"] and "sequence" not in report["error"]
+
+
 def wait_until(predicate, what: str, timeout: float = 60) -> None:
     """Poll ``predicate`` (an event we cannot be notified of) until true; fail after ``timeout``."""
     import time

@@ -128,3 +128,24 @@ def env_without_proxy_socket() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("DRBD_PROXY_CTL_SOCKET", None)
     return env
+
+
+def tcp_sockets_of(pid: int) -> list[tuple[int, int, str]]:
+    """The IPv4 TCP sockets process ``pid`` holds: (local port, remote port, state in hex,
+    e.g. ``01`` established, ``02`` SYN sent), from /proc."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if len(fields) > 9 and fields[9] in inodes:
+                local, remote = (int(a.rsplit(":", 1)[1], 16) for a in fields[1:3])
+                found.append((local, remote, fields[3]))
+    return found

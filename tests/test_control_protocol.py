@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import pytest
 from twisted.internet.address import UNIXAddress
@@ -17,6 +18,7 @@ from zope.interface.verify import verifyObject
 from drbdproxy.control.commands import ConnectionSpec, help_lines
 from drbdproxy.control.interface import ControlError, IProxyControl
 from drbdproxy.control.protocol import (
+    CLOSE_TIMEOUT,
     IDLE_TIMEOUT,
     MAX_LINE,
     SHUTDOWN_GRACE,
@@ -94,10 +96,10 @@ class FakeControl:
 class Session:
     """One ControlProtocol on a StringTransport, built by a factory like the daemon's."""
 
-    def __init__(self, factory: ControlFactory) -> None:
+    def __init__(self, factory: ControlFactory, transport: StringTransport | None = None) -> None:
         self.factory = factory
         self.protocol: ControlProtocol = factory.buildProtocol(UNIXAddress(None))  # type: ignore[assignment]
-        self.transport = StringTransport()
+        self.transport = StringTransport() if transport is None else transport
         self.protocol.makeConnection(self.transport)
 
     def send(self, data: bytes) -> bytes:
@@ -454,3 +456,203 @@ def test_session_limit(control: FakeControl, clock: Clock) -> None:
     third = Session(factory)
     assert third.send(b"show version\n") == b"drbdproxy 0.1.0\n%ok\n"
     third.close()
+
+
+# --- closing within a bound -------------------------------------------------------------------
+
+BOUND = 3.0  # the tests' close_timeout: a binary fraction, so the clock lands on it exactly
+
+
+class RecordingTransport(StringTransport):
+    """A StringTransport that records its close calls in order and, like every StringTransport,
+    never reports the connection lost: a close ends only if the session aborts it.
+
+    With ``full`` set every write overfills the write buffer: the registered streaming producer
+    is paused, as a real transport pauses it above its buffer limit when the client does not read.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self.full = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.full:
+            self.fill()
+
+    def fill(self) -> None:
+        """The write buffer is over its limit: pause the registered streaming producer."""
+        if self.producer is not None and self.streaming:
+            self.calls.append("pauseProducer")
+            self.producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        self.calls.append("unregisterProducer")
+        super().unregisterProducer()
+
+    def loseConnection(self) -> None:
+        self.calls.append("loseConnection")
+        super().loseConnection()
+
+    def abortConnection(self) -> None:
+        self.calls.append("abortConnection")
+        self.disconnecting = self.disconnected = True
+
+
+@dataclass(frozen=True)
+class CloseCase:
+    """One way a session closes: ``start`` opens a session on the transport and makes it close;
+    with ``stalled`` the client has stopped reading (where ``pauses``, a paused producer shows it)."""
+
+    start: Callable[[ControlFactory, RecordingTransport, bool], Session]
+    last_words: bytes
+    pauses: bool = True
+
+
+def _by_line(line: bytes) -> Callable[[ControlFactory, RecordingTransport, bool], Session]:
+    def start(factory: ControlFactory, transport: RecordingTransport, stalled: bool) -> Session:
+        s = Session(factory, transport)
+        transport.full = stalled  # the reply is what overfills the buffer
+        s.protocol.dataReceived(line)
+        return s
+    return start
+
+
+def _by_end_of_input(factory: ControlFactory, transport: RecordingTransport, stalled: bool) -> Session:
+    # A producer paused before the close would hold the last reply (and the close) until the
+    # client reads again; the stall here is the loss that never comes.
+    s = Session(factory, transport)
+    s.protocol.dataReceived(b"show version")
+    s.protocol.readConnectionLost()
+    return s
+
+
+def _by_reading_side_gone(factory: ControlFactory, transport: RecordingTransport, stalled: bool) -> Session:
+    s = Session(factory, transport)
+    if stalled:
+        transport.fill()  # the buffer was full already when the client shut its reading side
+    s.protocol.writeConnectionLost()
+    return s
+
+
+def _by_refusal(factory: ControlFactory, transport: RecordingTransport, stalled: bool) -> Session:
+    factory.max_sessions = 0
+    transport.full = stalled  # no producer to pause: a refused session never registers one
+    return Session(factory, transport)
+
+
+CLOSES = {
+    "quit": CloseCase(_by_line(b"quit\nshow\n"), b"%ok\n"),
+    "shutdown": CloseCase(_by_line(b"shutdown\n"), b"%ok\n"),
+    "line-too-long": CloseCase(_by_line(b"x" * (MAX_LINE + 1) + b"\n"), b"%error line too long\n"),
+    "end-of-input": CloseCase(_by_end_of_input, b"drbdproxy 0.1.0\n%ok\n", pauses=False),
+    "reading-side-gone": CloseCase(_by_reading_side_gone, b""),
+    "refused": CloseCase(_by_refusal, b"%error too many control sessions\n", pauses=False),
+}
+
+
+@pytest.fixture
+def bounded(control: FakeControl, clock: Clock) -> ControlFactory:
+    return ControlFactory(control, clock=clock, close_timeout=BOUND)
+
+
+def test_close_timeout_defaults_to_a_few_seconds(control: FakeControl) -> None:
+    """ControlFactory's close_timeout defaults to CLOSE_TIMEOUT, 5 s; the keyword overrides it."""
+    assert CLOSE_TIMEOUT == 5.0
+    assert ControlFactory(control).close_timeout == CLOSE_TIMEOUT
+    assert ControlFactory(control, close_timeout=BOUND).close_timeout == BOUND
+
+
+@pytest.mark.parametrize("case", CLOSES.values(), ids=CLOSES.keys())
+def test_close_writes_the_reply_then_unregisters_then_loses(bounded: ControlFactory, clock: Clock,
+                                                           case: CloseCase) -> None:
+    """Every closing path writes its reply first, then unregisters the session as producer, then
+    calls loseConnection() (which a registered, paused producer would hold up forever), and does not
+    abort a client that reads: the abort waits for the bound."""
+    transport = RecordingTransport()
+    s = case.start(bounded, transport, False)
+    assert transport.value() == case.last_words
+    assert transport.calls == ["unregisterProducer", "loseConnection"]
+    assert transport.producer is None
+    assert transport.disconnecting and not transport.disconnected
+    s.close()
+
+
+@pytest.mark.parametrize("case", CLOSES.values(), ids=CLOSES.keys())
+def test_client_that_does_not_read_is_aborted_at_the_bound(bounded: ControlFactory, clock: Clock,
+                                                          case: CloseCase) -> None:
+    """A client that stopped reading (its session's producer paused by a full buffer, and the
+    connection never lost) is aborted exactly close_timeout seconds after the close, not before;
+    the session then leaves no timer behind."""
+    transport = RecordingTransport()
+    s = case.start(bounded, transport, True)
+    assert transport.value() == case.last_words
+    expected = ["unregisterProducer", "loseConnection"]
+    assert transport.calls == (["pauseProducer"] + expected if case.pauses else expected)
+    clock.advance(BOUND - 0.5)
+    assert "abortConnection" not in transport.calls
+    assert not transport.disconnected
+    clock.advance(0.5)
+    assert transport.calls[-1] == "abortConnection"
+    assert transport.calls.count("abortConnection") == 1
+    assert transport.disconnected
+    s.close()  # what the transport reports after the abort
+    clock.advance(IDLE_TIMEOUT)
+    assert transport.calls.count("abortConnection") == 1
+    assert clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize("case", CLOSES.values(), ids=CLOSES.keys())
+def test_normal_close_cancels_the_abort_timer(bounded: ControlFactory, clock: Clock, case: CloseCase) -> None:
+    """While closing, the only timers are the abort at the bound (and shutdown's grace): the idle
+    timer is gone. A close that completes (connectionLost) cancels the abort: nothing stays pending
+    on the clock and nothing is aborted later."""
+    transport = RecordingTransport()
+    s = case.start(bounded, transport, False)
+    pending = sorted(call.getTime() for call in clock.getDelayedCalls())
+    assert pending == ([SHUTDOWN_GRACE, BOUND] if case is CLOSES["shutdown"] else [BOUND])
+    s.close()
+    assert clock.getDelayedCalls() == []
+    clock.advance(BOUND)
+    assert "abortConnection" not in transport.calls
+
+
+def test_default_bound_is_close_timeout(factory: ControlFactory, clock: Clock) -> None:
+    """Without close_timeout, a client that does not read its quit reply is aborted after
+    CLOSE_TIMEOUT seconds, not before."""
+    transport = RecordingTransport()
+    s = CLOSES["quit"].start(factory, transport, True)
+    clock.advance(CLOSE_TIMEOUT - 0.5)
+    assert not transport.disconnected
+    clock.advance(0.5)
+    assert transport.disconnected
+    s.close()
+
+
+def test_idle_timeout_aborts_at_once(bounded: ControlFactory, clock: Clock) -> None:
+    """The idle timeout is no graceful close: it aborts straight away, without loseConnection()
+    first and without arming the close bound."""
+    transport = RecordingTransport()
+    s = Session(bounded, transport)
+    clock.advance(IDLE_TIMEOUT)
+    assert transport.calls == ["abortConnection"]
+    assert clock.getDelayedCalls() == []
+    s.close()
+    assert clock.getDelayedCalls() == []
+
+
+def test_later_lines_and_closes_do_nothing_while_closing(bounded: ControlFactory, clock: Clock,
+                                                         control: FakeControl) -> None:
+    """Once a close has begun, further input, an end of input or a lost reading side neither runs
+    commands nor writes nor starts a second close or timer."""
+    transport = RecordingTransport()
+    s = CLOSES["quit"].start(bounded, transport, False)
+    s.protocol.dataReceived(b"shutdown\nshow\n")
+    s.protocol.readConnectionLost()
+    s.protocol.writeConnectionLost()
+    assert control.calls == []
+    assert transport.value() == b"%ok\n"
+    assert transport.calls == ["unregisterProducer", "loseConnection"]
+    assert len(clock.getDelayedCalls()) == 1
+    s.close()

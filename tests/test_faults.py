@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from daemon import ProxyPair, wait_until
+from daemon import ProxyPair, assert_clean_disconnect, wait_until
 
 INITIAL_DATA = bytes.fromhex("83740267fff20000")
 
@@ -22,14 +22,6 @@ def pair(tmp_path):
     p.stop()
 
 
-def assert_clean_disconnect(*sims) -> None:
-    for sim in sims:
-        rc, report = sim.report()
-        assert rc == 1 and report["verified"] is False
-        assert "connection lost" in report["error"] or "PingAck" in report["error"], report["error"]
-        assert "differs" not in report["error"] and "sequence" not in report["error"]
-
-
 def start_load(pair: ProxyPair, sims, *extra: str):
     primary_args, secondary_args = pair.sim_args("--size", "1G", "--progress", "0.2", *extra)
     secondary = sims(*secondary_args)
@@ -39,8 +31,8 @@ def start_load(pair: ProxyPair, sims, *extra: str):
 
 
 def test_local_drbd_disconnecting_while_the_buffer_is_full(pair, sims):
-    """alice's DRBD dies with alice's buffer full: what was accepted is delivered, then bob's
-    DRBD sees the close; the buffer drains to nothing; a new run verifies."""
+    """alice's DRBD dies with alice's buffer full: the buffer is discarded, not drained, bob's
+    (stalled) DRBD sees the close, and a new run verifies."""
     primary, secondary = start_load(pair, sims, "--ping-timeout", "600")
     os.kill(secondary.proc.pid, signal.SIGSTOP)
     try:
@@ -51,14 +43,16 @@ def test_local_drbd_disconnecting_while_the_buffer_is_full(pair, sims):
     finally:
         os.kill(secondary.proc.pid, signal.SIGCONT)
     assert_clean_disconnect(secondary)
-    wait_until(lambda: pair.stats(pair.alice)["r0-bob-alice.buffered"] == "0", "the buffer to drain")
+    wait_until(lambda: pair.stats(pair.alice)["r0-bob-alice.buffered"] == "0", "the buffer to go")
+    assert int(pair.stats(pair.alice)["r0-bob-alice.discarded.to_peer_bytes"]) > 0
     pair.replicate(sims, "--size", "16M")
 
 
 def test_receiving_drbd_dying_with_the_buffer_full_drops_only_what_is_counted(pair, sims):
     """bob's DRBD dies while alice's buffer is full: the primary sees a clean disconnect, and
-    every byte alice sent bob is accounted for, either delivered (from_peer) or dropped for a
-    stream already closed (dropped_after_close_bytes), in both directions."""
+    every byte one proxy read from its DRBD is accounted for, in both directions: discarded
+    unsent by the sender (discarded.to_peer_bytes), or received by the other (from_peer),
+    including what arrived for a stream already closed there (dropped_after_close_bytes)."""
     primary, secondary = start_load(pair, sims, "--ping-timeout", "600")
     os.kill(secondary.proc.pid, signal.SIGSTOP)
     wait_until(lambda: "drbd-reads paused" in pair.alice.ctl("show", "memusage").stdout,
@@ -75,13 +69,14 @@ def test_receiving_drbd_dying_with_the_buffer_full_drops_only_what_is_counted(pa
     wait_until(quiet, "both proxies to close the streams and drain")
     alice, bob = pair.stats(pair.alice), pair.stats(pair.bob)
     for sender, receiver in ((alice, bob), (bob, alice)):
-        sent = sum(int(v) for k, v in sender.items() if k.endswith(".to_peer.bytes"))
+        read = sum(int(v) for k, v in sender.items() if k.endswith(".to_peer.bytes"))
+        unsent = next(int(v) for k, v in sender.items() if k.endswith(".discarded.to_peer_bytes"))
         got = sum(int(v) for k, v in receiver.items() if k.endswith(".from_peer.bytes"))
         dropped = next(int(v) for k, v in receiver.items()
                        if k.endswith(".dropped_after_close_bytes"))
-        assert sent == got + dropped, (sent, got, dropped)
-    # alice's full buffer went out after bob's stream was gone.
-    assert int(bob[f"{pair.name(pair.bob)}.dropped_after_close_bytes"]) > 0
+        assert read == unsent + got + dropped, (read, unsent, got, dropped)
+    # alice's full buffer was thrown away at alice, not sent to a stream already gone.
+    assert int(alice[f"{pair.name(pair.alice)}.discarded.to_peer_bytes"]) > 0
     pair.replicate(sims, "--size", "16M")
 
 

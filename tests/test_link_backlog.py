@@ -42,6 +42,7 @@ class Owner:
 
     def __init__(self, pause_after: int) -> None:
         self.clock = Clock()
+        self.close_timeout = 10.0
         self.pause_after = pause_after
         self.frames: list[Data] = []
         self.up = False

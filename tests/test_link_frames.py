@@ -17,6 +17,7 @@ from drbdproxy.link import (
     MAX_FRAME_PAYLOAD,
     Close,
     CloseReason,
+    Discard,
     Data,
     ErrorCode,
     ErrorFrame,
@@ -91,6 +92,7 @@ ROUND_TRIPS = [
     (Side.SERVER, (), Data.uncompressed(MAX_STREAM_ID - 1, b"x")),  # one of our own (even) ids
     (Side.SERVER, (1,), Close(1)),
     (Side.CLIENT, (2,), Close(2, CloseReason.CONNECT_FAILED, "connection refused")),
+    (Side.SERVER, (), Discard(LinkRole.BULK, 7, CloseReason.EOF)),
     (Side.SERVER, (), GoAway(GoAwayReason.SHUTDOWN, "daemon stopping")),
 ]
 

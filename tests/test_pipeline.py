@@ -224,6 +224,25 @@ def test_drain_rate_learns_only_from_busy_intervals():
     assert DrainRate().drain_seconds(5) is None
 
 
+def test_drain_rate_after_a_bwlimit_starts_from_the_limit_and_never_exceeds_it():
+    """Reset for a new bwlimit, the estimate is the limit until a rate is measured, and a
+    measured rate above the limit (a burst) is capped by it."""
+    from drbdproxy.pipeline import DrainRate
+
+    rate = DrainRate(weight=1.0)
+    rate.sample(0.0, 0, busy=True)
+    rate.sample(1.0, 4_000_000, busy=True)
+    rate.reset(262_144)
+    assert rate.rate is None and rate.drain_seconds(262_144 * 90) == 90.0
+    rate.sample(2.0, 4_000_000, busy=True)
+    rate.sample(3.0, 4_500_000, busy=True)  # 500 kB/s measured: a burst above the limit
+    assert rate.drain_seconds(262_144) == 1.0
+    rate.sample(4.0, 4_600_000, busy=True)  # 100 kB/s: below the limit, taken as it is
+    assert rate.drain_seconds(100_000) == 1.0
+    rate.reset(0)
+    assert rate.drain_seconds(5) is None
+
+
 class CountingTransport(StringTransport):
     """Counts the writes handed to it: one writeSequence per batch of frames."""
 

@@ -19,6 +19,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..closing import BoundedClose
 from ..logs import logger
 from .commands import Action, Command, CommandError, parse_command
 from .interface import ControlError, IProxyControl
@@ -27,6 +28,7 @@ MAX_LINE = 4096
 IDLE_TIMEOUT = 300.0
 MAX_SESSIONS = 64
 SHUTDOWN_GRACE = 2.0  # seconds the ``%ok`` of ``shutdown`` may take to reach the client
+CLOSE_TIMEOUT = 5.0  # seconds a closing session may take to deliver its last bytes before it is aborted
 
 
 def _one_line(text: str) -> str:
@@ -119,6 +121,11 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
     answers what it has read, a last line without a line end included, then closes.
     ``shutdown`` closes the session after its ``%ok`` and calls the implementation's shutdown()
     once that reply has been delivered (or after :data:`SHUTDOWN_GRACE` seconds).
+
+    Every close (``quit``, ``shutdown``, a line too long, the end of input, the client's reading
+    side gone, a refused session) goes through one :class:`~drbdproxy.closing.BoundedClose`: what
+    is buffered may still go out, but a client that does not read is aborted after the factory's
+    ``close_timeout`` seconds. The idle timeout aborts at once.
     """
 
     delimiter = b"\n"
@@ -133,15 +140,16 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
         self._eof = False
         self._eol = b"\n"
         self._shutdownGuard: IDelayedCall | None = None
+        self._closer: BoundedClose | None = None  # made in connectionMade, from the factory's clock
 
     def callLater(self, period: float, func: Any) -> IDelayedCall:  # TimeoutMixin's clock
         return self.factory.clock.callLater(period, func)
 
     def connectionMade(self) -> None:
+        self._closer = BoundedClose(self.factory.clock)
         if not self.factory.sessionStarted(self):
             self._log.warn("control: refusing a session, {limit} already open", limit=self.factory.max_sessions)
-            self.transport.write(Reply(error="too many control sessions").encode())
-            self.transport.loseConnection()
+            self._close(Reply(error="too many control sessions").encode())
             return
         self._open = True
         self.transport.registerProducer(self, True)
@@ -151,6 +159,8 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
         self._open = False
         self.setTimeout(None)
         self.factory.sessionEnded(self)
+        if self._closer is not None:
+            self._closer.connectionLost()
         if self._shutdownGuard is not None:
             self._shutdown()
 
@@ -161,26 +171,40 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
         self._finishIfDone()
 
     def writeConnectionLost(self) -> None:
-        self.transport.loseConnection()
+        self._close()
+
+    def _close(self, last_words: bytes = b"") -> None:
+        """Write ``last_words`` and close after what is buffered; abort after ``close_timeout`` s."""
+        if self._closer is None:
+            return  # never connected
+        self.setTimeout(None)  # closing has its own, shorter bound
+        self._closer.close(self.transport, self.factory.close_timeout, last_words)
+
+    @property
+    def _closing(self) -> bool:
+        """A close has begun (ours, or the transport's)."""
+        return (self._closer is not None and self._closer.closing) or bool(self.transport.disconnecting)
 
     def _finishIfDone(self) -> None:
         """After the client's end of input: answer a last unterminated line, then close."""
-        if not self._eof or self._pauses or not self._open or self.transport.disconnecting:
+        if not self._eof or self._pauses or not self._open or self._closing:
             return
         last = self.clearLineBuffer()
         if last.strip():
             self.lineReceived(last)
             if self._pauses:
                 return  # its reply comes later; _unpause calls us again
-        self.transport.loseConnection()
+        self._close()
 
     def dataReceived(self, data: bytes) -> None:
-        if not self._open or self.transport.disconnecting:
+        if not self._open or self._closing:
             return
         self.resetTimeout()
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
+        if self._closing:
+            return  # a line after quit or shutdown in the same packet: not run
         self._eol = b"\r\n" if line.endswith(b"\r") else b"\n"
         try:
             text = line.decode("utf-8").strip()
@@ -198,14 +222,16 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
         self._waiting = False
         if not self._open:
             return  # the client went away while its command ran
-        self.transport.write(reply.encode(self._eol))
-        self.resetTimeout()
+        data = reply.encode(self._eol)
         if reply.action is Action.QUIT:
-            self.transport.loseConnection()
+            self._close(data)
         elif reply.action is Action.SHUTDOWN:
             # Stopping the daemon drops unsent replies: first let %ok reach the client.
             self._shutdownGuard = self.callLater(SHUTDOWN_GRACE, self._shutdown)
-            self.transport.loseConnection()
+            self._close(data)
+        else:
+            self.transport.write(data)
+            self.resetTimeout()
         self._unpause(_COMMAND)
 
     def _shutdown(self) -> None:
@@ -218,12 +244,14 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._log.info("control: line over {limit} bytes, closing the session", limit=self.MAX_LENGTH)
-        self.transport.write(Reply(error="line too long").encode(self._eol))
-        self.transport.loseConnection()
+        self._close(Reply(error="line too long").encode(self._eol))
 
     def timeoutConnection(self) -> None:
         self._log.info("control: session idle for {timeout} s, closing it", timeout=self.factory.idle_timeout)
-        self.transport.abortConnection()
+        if self._closer is None:
+            self.transport.abortConnection()
+        else:
+            self._closer.abort(self.transport)
 
     # IPushProducer, as the transport's producer: pause and resume arbitrate between reasons.
 
@@ -236,7 +264,7 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
     def _pause(self, reason: str) -> None:
         if not self._pauses:
             self.paused = True
-            if not self.transport.disconnecting:
+            if not self._closing:
                 self.transport.pauseProducing()
         self._pauses.add(reason)
 
@@ -247,7 +275,7 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
         if self._pauses:
             return
         self.paused = False
-        if self._open and not self.transport.disconnecting:
+        if self._open and not self._closing:
             self.transport.resumeProducing()
             LineReceiver.dataReceived(self, b"")  # the lines that arrived while paused
             self._finishIfDone()
@@ -258,19 +286,23 @@ class ControlFactory(ServerFactory):
 
     :param idle_timeout: seconds without input after which a session is closed (None: never).
     :param max_sessions: sessions open at once; more are answered ``%error`` and closed.
-    :param clock: for the idle timeout; the global reactor by default.
+    :param close_timeout: seconds a closing session may take to deliver its last bytes; then it
+        is aborted.
+    :param clock: for the idle and close timeouts; the global reactor by default.
     """
 
     protocol = ControlProtocol
 
     def __init__(self, control: IProxyControl, *, idle_timeout: float | None = IDLE_TIMEOUT,
-                 max_sessions: int = MAX_SESSIONS, clock: IReactorTime | None = None) -> None:
+                 max_sessions: int = MAX_SESSIONS, close_timeout: float = CLOSE_TIMEOUT,
+                 clock: IReactorTime | None = None) -> None:
         if not IProxyControl.providedBy(control):
             raise TypeError(f"{control!r} does not provide IProxyControl")
         self.control = control
         self.dispatcher = ControlDispatcher(control)
         self.idle_timeout = idle_timeout
         self.max_sessions = max_sessions
+        self.close_timeout = close_timeout
         self._clock = clock
         self.sessions: set[ControlProtocol] = set()
 

@@ -62,6 +62,7 @@ _WELCOME_FIXED = struct.Struct(">HII16s32sB")  # ... up to and including codec_c
 _CODE = struct.Struct(">H")
 _PING = struct.Struct(">QQ")
 _OPEN = struct.Struct(">BB")
+_DISCARD = struct.Struct(">BIB")
 
 
 class FrameType(IntEnum):
@@ -74,6 +75,7 @@ class FrameType(IntEnum):
     OPEN = 0x20
     DATA = 0x21
     CLOSE = 0x22
+    DISCARD = 0x23  # on the control link: a stream of the other link is closed (§5.5)
     GOAWAY = 0x30
     ERROR = 0x31
 
@@ -551,7 +553,7 @@ class Data:
 
 @dataclass(frozen=True, slots=True)
 class Close(_Frame):
-    """The sender's DRBD socket for ``stream`` is gone: deliver what arrived, then close yours."""
+    """The sender's DRBD socket for ``stream`` is gone: discard what you hold for it, close yours."""
 
     stream: int
     reason: int = CloseReason.EOF
@@ -574,7 +576,34 @@ class Close(_Frame):
         return cls(stream, payload[0], _message_text(payload[1:]))
 
 
-Frame = Hello | Welcome | Reject | Auth | Ping | Pong | Open | Data | Close | GoAway | ErrorFrame
+@dataclass(frozen=True, slots=True)
+class Discard(_LinkFrame):
+    """On the control link: the sender's DRBD socket for stream ``target`` of its ``role`` link
+    is gone. The receiver discards what it holds for that stream and closes its DRBD socket now,
+    even while it is not reading that link (its DRBD socket for the stream may be what stalls it).
+    """
+
+    role: LinkRole
+    target: int
+    reason: int = CloseReason.EOF
+
+    TYPE: ClassVar[FrameType] = FrameType.DISCARD
+
+    def __post_init__(self) -> None:
+        _set(self, "role", LinkRole(self.role))
+        _check_uint("stream id", self.target, MAX_STREAM_ID, 1)
+        _set(self, "reason", _known(CloseReason, self.reason, 0xFF))
+
+    def _payload(self) -> bytes:
+        return _DISCARD.pack(self.role, self.target, self.reason)
+
+    @classmethod
+    def from_payload(cls, stream: int, payload: bytes) -> Discard:
+        return cls(*_DISCARD.unpack(payload))
+
+
+Frame = (Hello | Welcome | Reject | Auth | Ping | Pong | Open | Data | Close | Discard | GoAway
+         | ErrorFrame)
 
 #: Decoders of every non-DATA frame type (DATA has its own copy-avoiding path in the parser).
 FRAME_DECODERS: dict[FrameType, Callable[[int, bytes], Frame]] = {
@@ -586,6 +615,7 @@ FRAME_DECODERS: dict[FrameType, Callable[[int, bytes], Frame]] = {
     FrameType.PONG: Pong.from_payload,
     FrameType.OPEN: Open.from_payload,
     FrameType.CLOSE: Close.from_payload,
+    FrameType.DISCARD: Discard.from_payload,
     FrameType.GOAWAY: GoAway.from_payload,
     FrameType.ERROR: ErrorFrame.from_payload,
 }

@@ -53,7 +53,8 @@ class Phase(Enum):
 
 
 _T = FrameType
-_ESTABLISHED = frozenset({_T.PING, _T.PONG, _T.OPEN, _T.DATA, _T.CLOSE, _T.GOAWAY, _T.ERROR})
+_ESTABLISHED = frozenset({_T.PING, _T.PONG, _T.OPEN, _T.DATA, _T.CLOSE, _T.DISCARD, _T.GOAWAY,
+                          _T.ERROR})
 #: What a decoder on ``side`` accepts from the peer in each phase.
 _ALLOWED: dict[tuple[Side, Phase], frozenset[int]] = {
     (Side.SERVER, Phase.HANDSHAKE): frozenset({_T.HELLO, _T.ERROR}),
@@ -89,6 +90,7 @@ _LENGTHS: dict[int, tuple[int, int]] = {
     _T.PONG: (16, 16),
     _T.OPEN: (2, 2),
     _T.CLOSE: (1, 1 + MAX_MESSAGE),
+    _T.DISCARD: (6, 6),
 }
 
 

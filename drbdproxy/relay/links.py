@@ -10,10 +10,12 @@ from collections import deque
 from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet import protocol
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IHandshakeListener
 from zope.interface import implementer
 from twisted.python.failure import Failure
 
+from ..closing import BoundedClose
 from ..logs import logger
 from ..link import (
     Accepted,
@@ -48,6 +50,8 @@ class LinkOwner(TypingProtocol):
     def checkPeerCertificate(self, transport: Any, side: Side) -> str | None: ...
     @property
     def clock(self) -> Any: ...
+    @property
+    def close_timeout(self) -> float: ...
 
 
 @implementer(IHandshakeListener)
@@ -73,6 +77,9 @@ class LinkProtocol(protocol.Protocol):
         self._backlog_call: Any = None
         self._down_reason: str | None = None
         self._handshake_timer: Any = None
+        self._closer = BoundedClose(owner.clock)
+        self._lost = False
+        self._whenClosed: list[Deferred[None]] = []
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -161,7 +168,7 @@ class LinkProtocol(protocol.Protocol):
         if isinstance(outcome, Rejected):
             self._down_reason = f"refused: {outcome.message}"
             self.owner.linkRefused(self, outcome)
-            self.transport.loseConnection()
+            self._closer.close(self.transport, self.owner.close_timeout)
             return
         self.accepted = outcome
         self.role = outcome.role
@@ -170,22 +177,35 @@ class LinkProtocol(protocol.Protocol):
         self.owner.linkUp(self, outcome)
 
     def fail(self, reason: str, last_words: bytes | None = None) -> None:
-        """Drop the link at once, telling the peer why when there is something to say."""
+        """Drop the link, its queued frames at once. With ``last_words`` (GOAWAY, ERROR) they
+        follow what the transport still holds, and the close waits for them within the owner's
+        close bound; without, the link is aborted now."""
         if self._down_reason is None:
             self._down_reason = reason
         if self.writer is not None:
             self.writer.close()
-        if last_words and self.transport is not None:
-            self.transport.write(last_words)
-            self.transport.loseConnection()
-        elif self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+        if self.transport is None or self._lost:
+            return
+        if last_words:
+            self._closer.close(self.transport, self.owner.close_timeout, last_words)
+        else:
+            self._closer.abort(self.transport)
+
+    def whenClosed(self) -> Deferred[None]:
+        """Fires once the link's transport is closed."""
+        if self._lost:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._whenClosed.append(d)
+        return d
 
     def _writeFailed(self, failure: Failure) -> None:
         self._log.failure("encoding a frame failed on {link}", failure=failure, link=repr(self))
         self.fail(f"internal error: {failure.getErrorMessage()}")
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._lost = True
+        self._closer.connectionLost()
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._backlog.clear()
@@ -194,6 +214,9 @@ class LinkProtocol(protocol.Protocol):
         if self.writer is not None:
             self.writer.close()
         self.owner.linkDown(self, self._down_reason or reason.getErrorMessage())
+        waiting, self._whenClosed = self._whenClosed, []
+        for d in waiting:
+            d.callback(None)
 
 
 class LinkServerFactory(protocol.ServerFactory):

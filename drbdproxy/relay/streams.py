@@ -7,21 +7,23 @@ in the connection's budget), and DATA frames from the peer are checked and writt
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet import protocol
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConnector, IDelayedCall, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..closing import BoundedClose
 from ..logs import logger
 from ..codecs import RAW_CODEC, CodecError, decode_chunk
 from ..drbd.header import encode_h80
 from ..drbd.packets import Cmd
 from ..drbd.scanner import PacketScanner
-from ..link import Close, CloseReason, Data, ErrorCode, LinkProtocolError, StreamKind
-from ..pipeline import Encoded, chunks
+from ..link import CloseReason, Data, ErrorCode, LinkProtocolError, StreamKind
+from ..pipeline import Discarded, Encoded, chunks
 from ..vectored import write_pieces
 
 if TYPE_CHECKING:
@@ -55,6 +57,23 @@ def tune_transport(transport: Any, read_size: int = TRANSPORT_BUFFER) -> None:
     transport.SEND_LIMIT = TRANSPORT_BUFFER
 
 
+#: tcpi_state values of a socket whose peer has closed (FIN received) or reset it.
+_TCP_CLOSE, _TCP_CLOSE_WAIT = 7, 8
+
+
+def peer_closed(transport: Any) -> bool:
+    """Whether the far end of a TCP transport has closed or reset it.
+
+    A transport that is not reading (paused at memlimit) never sees the close, and DRBD does
+    not write to a socket it has given up on: the kernel's view of the socket tells.
+    """
+    try:
+        info = transport.getHandle().getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+    except (AttributeError, OSError):
+        return False
+    return info[0] in (_TCP_CLOSE, _TCP_CLOSE_WAIT)
+
+
 def kind_of_first_bytes(first: bytes) -> StreamKind:
     """DRBD's first packet says what a socket is for; anything else is relayed as opaque."""
     if first == _INITIAL_DATA:
@@ -82,22 +101,42 @@ class DrbdSocket(protocol.Protocol):
 
 
 class InsideAcceptor:
-    """A socket DRBD opened to our inside address, until its first packet names its kind."""
+    """A socket DRBD opened to our inside address, until its first packet names its kind.
+
+    DRBD sends its first packet at once; a socket that has not within ping-timeout is closed,
+    so sockets that never speak cannot pile up.
+    """
 
     _log = logger()
 
     def __init__(self, connection: ProxyConnection) -> None:
         self._connection = connection
         self._first = b""
+        self._silence: IDelayedCall | None = None
         self.stream: Stream | None = None
 
     def drbdConnected(self, sock: DrbdSocket) -> None:
         if not self._connection.acceptsDrbd():
             self._log.info(
                 "refusing a DRBD connection from {peer} on {name}: peer proxy not connected",
-                peer=str(sock.transport.getPeer()), name=self._connection.name,
+                peer=format_peer(sock.transport), name=self._connection.name,
             )
             sock.transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        timeout = self._connection.close_timeout
+        self._silence = self._connection.clock.callLater(timeout, self._silent, sock, timeout)
+
+    def _silent(self, sock: DrbdSocket, timeout: float) -> None:
+        self._silence = None
+        self._log.info("closing a connection from {peer} to the inside address of {name}: no"
+                       " DRBD packet within {timeout:g} s", peer=format_peer(sock.transport),
+                       name=self._connection.name, timeout=timeout)
+        sock.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _stopWaiting(self) -> None:
+        if self._silence is not None and self._silence.active():
+            self._silence.cancel()
+        self._silence = None
 
     def drbdData(self, sock: DrbdSocket, data: bytes) -> None:
         if self.stream is not None:
@@ -106,6 +145,7 @@ class InsideAcceptor:
         self._first += data
         if len(self._first) < len(_INITIAL_DATA):
             return
+        self._stopWaiting()
         kind = kind_of_first_bytes(self._first[: len(_INITIAL_DATA)])
         self.stream = self._connection.openStream(kind, sock)
         if self.stream is None:
@@ -115,8 +155,18 @@ class InsideAcceptor:
         self.stream.drbdData(sock, first)
 
     def drbdLost(self, sock: DrbdSocket, reason: Failure) -> None:
+        self._stopWaiting()
         if self.stream is not None:
             self.stream.drbdLost(sock, reason)
+
+
+def format_peer(transport: Any) -> str:
+    """``host:port`` of a transport's peer, as an operator writes it."""
+    peer = transport.getPeer()
+    host = getattr(peer, "host", None)
+    if host is None:
+        return str(peer)
+    return f"[{host}]:{peer.port}" if ":" in host else f"{host}:{peer.port}"
 
 
 @implementer(IPushProducer)
@@ -137,7 +187,13 @@ class _WriteBackpressure:
 
 
 class Stream:
-    """One DRBD socket relayed over one link stream, in both directions."""
+    """One DRBD socket relayed over one link stream, in both directions.
+
+    When either end closes (our DRBD socket, or the peer's CLOSE or DISCARD), the stream is
+    closed for good: whatever it still holds in either direction is discarded on the spot, and
+    our DRBD socket is closed within the connection's close bound whatever DRBD is doing. DRBD
+    closes a socket only when it tears its connection down, and resyncs what was not acked.
+    """
 
     _log = logger()
 
@@ -149,14 +205,23 @@ class Stream:
         self.kind = kind
         self.sock: DrbdSocket | None = None
         self.peer: str = "-"
+        #: Our connect to the local DRBD while it is in progress (streams the peer opened).
+        self.connector: IConnector | None = None
         self._pending: list[bytes] = []
         self._pending_bytes = 0
-        self._remote_closed = False
-        self._local_closed = False
+        #: No byte moves any more, in either direction.
+        self.closed = False
+        #: Counted into the connection's totals (exactly once).
+        self.retired = False
+        self._closer = BoundedClose(connection.clock)
         self.to_peer = 0
         self.to_peer_wire = 0
         self.from_peer = 0
         self.from_peer_wire = 0
+        #: Raw bytes thrown away when the stream closed: read from DRBD but never sent, and
+        #: received from the peer but never written to DRBD.
+        self.discarded_to_peer = 0
+        self.discarded_from_peer = 0
         #: DRBD packets per type, in each direction (what this DRBD wrote, what it was sent).
         self.scan_to_peer = PacketScanner()
         self.scan_from_peer = PacketScanner()
@@ -184,10 +249,12 @@ class Stream:
     # -- the DRBD socket -------------------------------------------------------------------------
     def drbdConnected(self, sock: DrbdSocket) -> None:
         """Our connect to the local DRBD succeeded (streams the peer opened)."""
-        self.attach(sock)
-        if self._remote_closed:
-            sock.transport.loseConnection()
+        self.connector = None
+        if self.closed:
+            # Closed or torn down while connecting: this socket never joins the dead stream.
+            sock.transport.abortConnection()  # type: ignore[attr-defined]
             return
+        self.attach(sock)
         pending, self._pending = self._pending, []
         if pending:
             for raw in pending:
@@ -198,20 +265,23 @@ class Stream:
     def attach(self, sock: DrbdSocket) -> None:
         self.sock = sock
         sock.handler = self
-        self.peer = str(sock.transport.getPeer())
+        self.peer = format_peer(sock.transport)
         sock.transport.registerProducer(_WriteBackpressure(self), True)
         if self.bulk:  # meta traffic is tiny and must never wait: it is not paused at memlimit
             self.connection.budget.register(sock.transport)
         self.connection.streamAttached(self)
 
     def drbdConnectFailed(self, message: str) -> None:
-        self._local_closed = True
-        self.link.writer.push(  # type: ignore[union-attr]
-            Close(self.sid, CloseReason.CONNECT_FAILED, message[:200]).encode()
-        )
+        self.connector = None
+        if self.closed:
+            return  # we cancelled it
+        self._close()
+        self.connection.tellPeerClosed(self, CloseReason.CONNECT_FAILED, message[:200])
         self.connection.streamGone(self)
 
     def drbdData(self, sock: DrbdSocket, data: bytes) -> None:
+        if self.closed:
+            return
         conn = self.connection
         writer = self.link.writer
         assert writer is not None
@@ -223,17 +293,60 @@ class Stream:
         encoded = conn.encoder.encodeAll(codec, pieces)
         writer.pushDataAll(self.sid, encoded, [len(piece) for piece in pieces], self._countWire)
 
+    def checkDrbdClosed(self, orphaned: bool = False) -> None:
+        """While reads are paused, see whether DRBD dropped the socket meanwhile: if so, close
+        the stream now rather than when reads resume, which they may never do.
+
+        A reset shows in the kernel's state of the socket. A close often does not: DRBD's FIN
+        waits behind the data its kernel still has to send us. So a data socket is also taken
+        for dropped once DRBD's meta socket of the session is gone (``orphaned``): DRBD never
+        runs a connection without its meta socket.
+        """
+        sock = self.sock
+        if sock is None or self.closed or sock.transport is None:
+            return
+        if peer_closed(sock.transport):
+            why = "closed it"
+        elif orphaned:
+            why = "closed its meta socket"
+        else:
+            return
+        self._log.info("DRBD {why} while reads from its {kind} socket {peer} of {name} were"
+                       " paused: closing that too", why=why, kind=self.name, peer=self.peer,
+                       name=self.connection.name)
+        self._closer.abort(sock.transport)
+
     def _countWire(self, encoded: Encoded) -> None:
         self.to_peer_wire += len(encoded.payload)
 
     def drbdLost(self, sock: DrbdSocket, reason: Failure) -> None:
+        if sock is not self.sock:
+            return
+        self._closer.connectionLost()
         self.connection.budget.unregister(sock.transport)
-        self.link.reading.resume(self)  # type: ignore[union-attr]
-        if not self._local_closed and not self._remote_closed:
-            self._local_closed = True
-            # After every DATA frame already queued: the peer delivers them, then closes.
-            self.link.writer.push(Close(self.sid).encode())  # type: ignore[union-attr]
+        if not self.closed:
+            unopened = self._close()
+            if not unopened:
+                self.connection.tellPeerClosed(self, CloseReason.EOF)
         self.connection.streamGone(self)
+
+    def _close(self) -> bool:
+        """Close the stream for good: discard what it holds both ways, stop holding up the
+        link. Returns whether the peer never heard of it (its OPEN was still queued)."""
+        self.closed = True
+        if self.sock is not None:
+            self.connection.budget.unregister(self.sock.transport)
+        discarded = Discarded()
+        if self.link.writer is not None:
+            discarded = self.link.writer.discard(self.sid)
+        self.discarded_to_peer += discarded.raw
+        self.discarded_from_peer += self._pending_bytes
+        self._pending, self._pending_bytes = [], 0
+        reading = self.link.reading
+        if reading is not None:
+            reading.resume((self, "pending"))
+            reading.resume(self)
+        return discarded.unopened
 
     # -- frames from the peer --------------------------------------------------------------------
     def fromPeer(self, frame: Data) -> None:
@@ -244,8 +357,9 @@ class Stream:
         frame.verify(raw)
         self.from_peer += len(raw)
         self.from_peer_wire += len(frame.payload)
-        if self._local_closed:
-            return  # our DRBD socket is gone; what was in flight is dropped with it
+        if self.closed:
+            self.discarded_from_peer += len(raw)
+            return
         if self.sock is None:
             self._pending.append(bytes(raw))  # not a view pinning the whole read it came in
             self._pending_bytes += len(raw)
@@ -259,22 +373,33 @@ class Stream:
         self._scan(self.scan_from_peer, raw, "from peer")
         write_pieces(self.sock.transport, (raw,))  # type: ignore[union-attr]
 
-    def remoteClosed(self, frame: Close) -> None:
-        self._remote_closed = True
-        if frame.reason != CloseReason.EOF:
+    def remoteClosed(self, reason: int, message: str = "") -> None:
+        """The peer's DRBD socket is gone (CLOSE or DISCARD): discard, and close ours."""
+        if self.closed:
+            return
+        if reason != CloseReason.EOF:
             self._log.info("peer proxy closed stream {sid} of {name}: {reason} {message}",
                            sid=self.sid, name=self.connection.name,
-                           reason=CloseReason(frame.reason).name if frame.reason in
-                           CloseReason._value2member_map_ else frame.reason,
-                           message=frame.message)
+                           reason=CloseReason(reason).name if reason in
+                           CloseReason._value2member_map_ else reason, message=message)
+        self._close()
         if self.sock is not None:
-            self.sock.transport.loseConnection()  # after what it still has to write
+            self._closer.close(self.sock.transport, self.connection.close_timeout)
+        elif self.connector is not None:
+            self.connector.stopConnecting()
+        # Nothing it counts changes any more: into the totals now, not when the socket is gone.
+        self.connection.streamGone(self)
 
     def abort(self) -> None:
-        """The connection is going down: drop the DRBD socket now, buffered or not."""
-        self._local_closed = True
+        """The connection is going down: drop the DRBD socket now, or the connect to it."""
+        self.closed = True
+        self.discarded_from_peer += self._pending_bytes
+        self._pending, self._pending_bytes = [], 0
+        if self.connector is not None:
+            self.connector.stopConnecting()
+            self.connector = None
         if self.sock is not None and self.sock.transport is not None:
-            self.sock.transport.abortConnection()  # type: ignore[attr-defined]
+            self._closer.abort(self.sock.transport)
 
 
 class DrbdConnectFactory(protocol.ClientFactory):
@@ -294,7 +419,8 @@ class DrbdConnectFactory(protocol.ClientFactory):
         return DrbdSocket(self.stream)
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        if self.retry is not None and not reason.check(ConnectionRefusedError):
+        retry = not self.stream.closed and not reason.check(ConnectionRefusedError)
+        if self.retry is not None and retry:
             self.retry()
             return
         self.stream.drbdConnectFailed(reason.getErrorMessage())
