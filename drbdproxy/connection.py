@@ -8,6 +8,7 @@ reconnects and resyncs, which is always consistent, where replaying half a strea
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import socket
 import time
@@ -20,7 +21,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.task import LoopingCall
 
-from .logs import logger
+from .logs import Summarised, logger
 from .codecs import Codec, CodecId, PluginSpec, codec_for, compression_option
 from .control.commands import COMPRESSION_ON, ConnectionSpec
 from .link import (
@@ -50,10 +51,9 @@ from .link import (
 )
 from .pipeline import Budget, ChunkEncoder, DrainRate
 from .tls import TlsConfig, check_peer
-from .units import address_bytes
 from .relay.links import LinkClientFactory, LinkProtocol, LinkServerFactory
 from .relay.sockets import connect_from, listen_shared
-from .relay.streams import DrbdConnectFactory, DrbdSocket, InsideFactory, Stream
+from .relay.streams import DrbdConnectFactory, DrbdSocket, InsideFactory, Stream, format_peer
 
 DEFAULT_MEMLIMIT = 16 << 20
 #: ping-timeout (tenths of a second) of the proxy-to-proxy link when none is set.
@@ -61,9 +61,44 @@ DEFAULT_PING_TIMEOUT = 100
 #: Every codec this proxy can decompress, announced in the handshake.
 DECODABLE = tuple(int(c) for c in CodecId)
 _BACKOFF_MIN, _BACKOFF_MAX = 0.2, 10.0
+#: Streams one link may carry at once, and connects to our DRBD in progress at once: DRBD uses
+#: two sockets per path, and a few more for a moment while it connects. More is a peer gone
+#: wrong (or not a peer at all), and is refused.
+MAX_STREAMS_PER_LINK = 32
+MAX_DRBD_CONNECTS = 8
+#: OPENs a peer may send while it does not read our link (each one gets an answer: a CLOSE
+#: when refused or when our DRBD refuses the connect); more is a flood, and ends the link.
+MAX_UNREAD_OPENS = 64
 #: DISCARDs remembered for streams whose OPEN has not arrived yet (it may still be on its way on
 #: the bulk link, behind data, while the DISCARD came on the control link).
 EARLY_DISCARDS = 256
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def peer_names(name: str) -> frozenset[str]:
+    """The names the peer proxy may give this connection in its HELLO: ``name`` itself, and
+    every reading of it as drbdadm's RESOURCE-PEER-SELF with PEER and SELF swapped (host names
+    may hold dashes too, so every split counts)."""
+    names = {name}
+    dashes = [i for i, c in enumerate(name) if c == "-"]
+    for n, a in enumerate(dashes):
+        for b in dashes[n + 1:]:
+            resource, peer, own = name[:a], name[a + 1:b], name[b + 1:]
+            if resource and peer and own:
+                names.add(f"{resource}-{own}-{peer}")
+    return frozenset(names)
 
 
 class State:
@@ -122,8 +157,10 @@ class ProxyConnection(Service):
 
     def __init__(self, spec: ConnectionSpec, reactor: Any, encoder: ChunkEncoder,
                  meta_first: bool = True, tls: TlsConfig | None = None,
-                 secret: bytes | None = None) -> None:
+                 secret: bytes | None = None, link_allow: tuple[Network, ...] = ()) -> None:
         self.name = spec.name
+        self._peer_names = peer_names(spec.name)
+        self._link_allow = link_allow
         self.meta_first = meta_first
         self._tls = tls
         self._secret = secret
@@ -150,8 +187,10 @@ class ProxyConnection(Service):
         self.discarded_to_peer = 0
         self.discarded_from_peer = 0
         self.link_rtt_ms: float | None = None
-        # The proxy with the lower outside address dials; the other accepts (no crossed links).
-        self.dialer = address_bytes(spec.listen_outside) < address_bytes(spec.connect_peer_outside)
+        #: Our control link being dialled, until it is up or gone. Both proxies dial (neither
+        #: can tell from its addresses whether the other can reach it, behind NAT); when the
+        #: dials cross, the greater session id wins on both sides (docs/link-protocol.md §4.6).
+        self._outgoing: LinkClientFactory | None = None
         self.control: LinkProtocol | None = None
         self.bulk: LinkProtocol | None = None
         self._session: bytes | None = None
@@ -159,6 +198,7 @@ class ProxyConnection(Service):
         #: Per link: the highest stream id the peer has opened, and the ids it discarded
         #: before their OPEN arrived.
         self._peer_last: dict[LinkProtocol, int] = {}
+        self._unread_opens: dict[LinkProtocol, int] = {}
         self._early_discards: dict[LinkProtocol, set[int]] = {}
         self.streams: dict[tuple[LinkProtocol, int], Stream] = {}
         self._ports: list[IListeningPort] = []
@@ -166,6 +206,10 @@ class ProxyConnection(Service):
         self._backoff = _BACKOFF_MIN
         self._heartbeat: LoopingCall | None = None
         self._last_rx = 0.0
+        #: Since when the control link's transport has been refusing our writes.
+        self._unread_since: float | None = None
+        self._refusals = Summarised(self._log, reactor)
+        self._dialFailures = Summarised(self._log, reactor)
         self._ping_token = 0
         self._codec: Codec | None = None
         #: Byte counters of DRBD sockets that have closed, per kind (data, meta, opaque).
@@ -228,8 +272,7 @@ class ProxyConnection(Service):
 
     def startService(self) -> None:
         super().startService()
-        if self.dialer:
-            self._scheduleDial(0)
+        self._scheduleDial(0)
 
     def stopService(self) -> Deferred[Any]:
         """Say GOAWAY on both links and close them; fires once they are closed (within
@@ -240,13 +283,15 @@ class ProxyConnection(Service):
         self._teardown("connection removed", redial=False,
                        goaway=GoAway(GoAwayReason.CONNECTION_REMOVED, ""))
         self.unbind()
+        self._refusals.stop()
+        self._dialFailures.stop()
         self._log.info("connection {name} removed", name=self.name)
         super().stopService()
         return DeferredList(closed).addCallback(lambda _: None)
 
     # -- dialling the peer proxy -----------------------------------------------------------------
     def _scheduleDial(self, delay: float | None = None) -> None:
-        if not self.running or not self.dialer:
+        if not self.running or self.control is not None or self._outgoing is not None:
             return
         if self._retry is not None and self._retry.active():
             return
@@ -257,29 +302,94 @@ class ProxyConnection(Service):
 
     def _dial(self, role: LinkRole) -> None:
         if role is LinkRole.CONTROL:
+            if self.control is not None or self._outgoing is not None:
+                return  # the peer's link came up meanwhile, or ours is on its way
             self._session = new_session()
         assert self._session is not None
         handshake = ClientHandshake(self.name, role, self._session, DECODABLE, secret=self._secret)
         host, port = self.spec.connect_peer_outside
-        factory: Any = LinkClientFactory(self, handshake)
-        if self._tls is not None:
-            factory = self._tls.client(host, factory)
-        self._reactor.connectTCP(host, port, factory, timeout=10)
+        factory = LinkClientFactory(self, handshake)
+        wrapped: Any = factory if self._tls is None else self._tls.client(host, factory)
+        # From our outside address: the peer admits links only from the address it knows us by,
+        # and the route's default source may be another of this host's addresses.
+        own = self.spec.listen_outside[0]
+        source = (own, 0) if (":" in own) == (":" in host) else None
+        factory.connector = self._reactor.connectTCP(host, port, wrapped, timeout=10,
+                                                     bindAddress=source)
+        if role is LinkRole.CONTROL:
+            self._outgoing = factory
 
-    def dialFailed(self, role: LinkRole, message: str) -> None:
+    def dialFailed(self, factory: LinkClientFactory, role: LinkRole, message: str) -> None:
+        if role is LinkRole.CONTROL and factory is not self._outgoing:
+            return  # abandoned: the peer's link won
         self._log.debug("dialling the {role} link of {name} failed: {message}",
                         role=role.name.lower(), name=self.name, message=message)
+        if role is LinkRole.CONTROL:
+            self._outgoing = None
         self._teardown(f"dial failed: {message}")
 
-    def serverHandshake(self) -> ServerHandshake:
-        return ServerHandshake(self._lookup, DECODABLE, secret=self._secret)
+    def _abandonOutgoing(self, why: str) -> None:
+        """Give up our control link being dialled (the peer's won, or we are going down)."""
+        factory, self._outgoing = self._outgoing, None
+        if factory is None:
+            return
+        if factory.link is not None:
+            factory.link.abandon(why)
+        elif factory.connector is not None:
+            factory.connector.disconnect()
+
+    @property
+    def authenticated(self) -> bool:
+        """Links prove who they are (a link secret or mutual TLS): they may come from anywhere."""
+        return self._secret is not None or self._tls is not None
+
+    def admitLink(self, source: str) -> bool:
+        """Whether a TCP connection to our outside address from ``source`` (an IP) may start a
+        handshake. Without authentication, only the peer proxy's address (or --link-allow) may."""
+        if self.authenticated:
+            return True
+        ip = _ip(source)
+        if ip is not None and (ip == _ip(self.spec.connect_peer_outside[0])
+                               or any(ip in net for net in self._link_allow)):
+            return True
+        self._refusals.warn("refused a link of {name} from {source}: not the peer proxy's"
+                            " address {peer} (links are not authenticated: use --link-secret or"
+                            " TLS, or --link-allow for an address behind NAT)", name=self.name,
+                            source=source, peer=self.spec.connect_peer_outside[0])
+        return False
+
+    def serverHandshake(self, source: str = "-") -> ServerHandshake:
+        """The handshake of a link that ``source`` dialled."""
+        def lookup(name: str, role: LinkRole, session: bytes) -> RejectReason | None:
+            reason = self._lookup(name, role, session)
+            if reason is not None:
+                self._refusals.warn("refused a {role} link of {name} from {source}: {why}",
+                                    role=role.name.lower(), name=self.name, source=source,
+                                    why=_REFUSALS.get(reason, reason.name))
+            return reason
+        return ServerHandshake(lookup, DECODABLE, secret=self._secret)
 
     def _lookup(self, name: str, role: LinkRole, session: bytes) -> RejectReason | None:
+        if name not in self._peer_names:
+            return RejectReason.UNKNOWN_CONNECTION
         if role is LinkRole.CONTROL:
-            return None  # a new control link replaces a stale one (the peer restarted)
+            if self.control is not None:
+                # A restarted peer's new link replaces a live one only once that is silent,
+                # or if the newcomer proved who it is (and is no crossed dial we already won).
+                if self._controlSilent():
+                    return None
+                if self.authenticated and self._session is not None and session > self._session:
+                    return None
+                return RejectReason.DUPLICATE_CONTROL
+            if self._outgoing is not None and self._session is not None and self._session > session:
+                return RejectReason.DUPLICATE_CONTROL  # crossed dials: ours wins
+            return None
         if self.control is None or session != self._session:
             return RejectReason.NO_SUCH_SESSION
         return RejectReason.BUSY if self.bulk is not None else None
+
+    def _controlSilent(self) -> bool:
+        return self._reactor.seconds() - self._last_rx > self.settings.ping_timeout
 
     # -- link events (LinkOwner) -----------------------------------------------------------------
     @property
@@ -314,7 +424,13 @@ class ProxyConnection(Service):
 
     def linkUp(self, link: LinkProtocol, accepted: Accepted) -> None:
         if accepted.role is LinkRole.CONTROL:
+            if link.side is Side.CLIENT:
+                self._outgoing = None  # ours is up
+            else:
+                self._abandonOutgoing("crossed dials: the peer proxy's link won")
             if self.control is not None:
+                self._log.warn("a new control link of {name} from {source} replaces the live"
+                               " one", name=self.name, source=link.source)
                 self._teardown("the peer proxy opened a new control link", redial=False)
             self.control = link
             self._session = accepted.session
@@ -341,19 +457,30 @@ class ProxyConnection(Service):
         self._heartbeat.start(interval, now=True)
 
     def linkRefused(self, link: LinkProtocol, rejected: Rejected) -> None:
-        self._log.warn("the peer proxy refused a link of {name}: {message}",
-                       name=self.name, message=rejected.message)
+        if link.side is Side.SERVER:
+            return  # we refused it: the lookup said why
+        if rejected.reason is RejectReason.DUPLICATE_CONTROL:
+            self._log.info("crossed dials on {name}: the peer proxy keeps its own link",
+                           name=self.name)
+            return
+        self._dialFailures.warn("the peer proxy refused a link of {name}: {message}",
+                                name=self.name, message=rejected.message)
 
     def linkDown(self, link: LinkProtocol, reason: str) -> None:
         if link is self.control or link is self.bulk:
             self._teardown(f"{link!r} lost: {reason}")
             return
-        if link.accepted is None:
-            # Refused TLS certificates, garbage, a peer of another version: say why, every time.
-            self._log.warn("a link of {name} with the peer proxy failed before its handshake"
-                           " completed: {reason}", name=self.name, reason=reason)
-        if self.dialer and self.control is None:
-            self._scheduleDial()
+        if self._outgoing is not None and self._outgoing.link is link:
+            self._outgoing = None
+        if link.accepted is None and link.rejected is None and not link.abandoned:
+            # Refused TLS certificates, garbage, a peer of another version: say why (what a
+            # remote host repeats is summarised). Refusals of our dials said so already.
+            refusals = self._refusals if link.side is Side.SERVER else self._dialFailures
+            refusals.warn("a link of {name} {way} {source} failed before its handshake"
+                          " completed: {reason}", name=self.name, source=link.source,
+                          way="from" if link.side is Side.SERVER else "dialled to",
+                          reason=reason)
+        self._scheduleDial()
 
     def linkFrame(self, link: LinkProtocol, frame: Frame) -> None:
         if isinstance(frame, Data):
@@ -373,7 +500,7 @@ class ProxyConnection(Service):
         elif isinstance(frame, Discard):
             self._peerDiscarded(frame)
         elif isinstance(frame, Ping):
-            link.writer.writeNow(frame.pong().encode())  # type: ignore[union-attr]
+            link.writer.answer(frame.pong().encode())  # type: ignore[union-attr]
         elif isinstance(frame, Pong):
             self.link_rtt_ms = (time.monotonic_ns() - frame.sent_ns) / 1e6
         elif isinstance(frame, GoAway):
@@ -422,6 +549,14 @@ class ProxyConnection(Service):
         if not paused and now - self._last_rx > self.settings.ping_timeout:
             control.fail("peer proxy timed out (ping-timeout)")
             return
+        if not control.writer.paused:
+            self._unread_since = None
+        elif self._unread_since is None:
+            self._unread_since = now
+        elif now - self._unread_since > self.settings.ping_timeout:
+            # It sends (PINGs, perhaps a flood of them) but reads nothing of ours.
+            control.fail("peer proxy stopped reading the control link (ping-timeout)")
+            return
         self._ping_token += 1
         control.writer.writeNow(Ping(self._ping_token, time.monotonic_ns()).encode())
         self._checkPausedDrbd()
@@ -448,6 +583,11 @@ class ProxyConnection(Service):
         link = self.control if meta else self.bulk
         if link is None or link.writer is None:
             return None
+        if self._liveStreams(link) >= MAX_STREAMS_PER_LINK:
+            self._refusals.warn("refusing a DRBD connection from {peer} on {name}: already"
+                                " {limit} streams on the link", peer=format_peer(sock.transport),
+                                name=self.name, limit=MAX_STREAMS_PER_LINK)
+            return None
         sid = self._ids[link].allocate()
         stream = Stream(self, link, sid, kind)
         self.streams[(link, sid)] = stream
@@ -457,14 +597,40 @@ class ProxyConnection(Service):
 
     def _peerOpened(self, link: LinkProtocol, frame: Open) -> None:
         """The peer's DRBD opened a socket: open ours to the local DRBD, from the inside IP."""
+        self._countUnreadOpen(link)
         self._peer_last[link] = frame.stream
         early = self._early_discards[link]
         if frame.stream in early:
             early.discard(frame.stream)  # closed at the peer already: never connect
             return
+        refusal = None
+        if self._liveStreams(link) >= MAX_STREAMS_PER_LINK:
+            refusal = f"already {MAX_STREAMS_PER_LINK} streams on the link"
+        elif sum(1 for s in self.streams.values() if s.connector is not None) >= MAX_DRBD_CONNECTS:
+            refusal = f"already {MAX_DRBD_CONNECTS} connects to DRBD in progress"
+        if refusal is not None:
+            self._refusals.warn("refusing stream {sid} the peer proxy opened on {name}: {why}",
+                                sid=frame.stream, name=self.name, why=refusal)
+            link.writer.push(Close(frame.stream, CloseReason.REFUSED,  # type: ignore[union-attr]
+                                   refusal).encode())
+            return
         stream = Stream(self, link, frame.stream, frame.kind)
         self.streams[(link, frame.stream)] = stream
         self._connectDrbd(stream, self.spec.listen_inside)
+
+    def _countUnreadOpen(self, link: LinkProtocol) -> None:
+        """Every OPEN is answered sooner or later: a peer that sends them while it reads none of
+        our frames would have the answers pile up here."""
+        unread = any(l is not None and l.writer is not None and l.writer.paused
+                     for l in (link, self.control))
+        count = self._unread_opens.get(link, 0) + 1 if unread else 0
+        self._unread_opens[link] = count
+        if count > MAX_UNREAD_OPENS:
+            raise LinkProtocolError(ErrorCode.STREAM_ERROR, f"more than {MAX_UNREAD_OPENS} OPENs"
+                                    " while the peer reads none of our answers")
+
+    def _liveStreams(self, link: LinkProtocol) -> int:
+        return sum(1 for stream_link, _ in self.streams if stream_link is link)
 
     def _connectDrbd(self, stream: Stream, source: tuple[str, int]) -> None:
         # DRBD 9 matches an incoming peer by (IP, port), then by IP: connect from the inside
@@ -576,6 +742,7 @@ class ProxyConnection(Service):
         """Drop both links, every DRBD socket and everything buffered. With ``goaway``, it is
         the links' last frame before their close; without, they are aborted at once."""
         was = self.state
+        self._abandonOutgoing(reason)
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
         self._heartbeat = None
@@ -598,6 +765,7 @@ class ProxyConnection(Service):
         self._ids.clear()
         self._peer_last.clear()
         self._early_discards.clear()
+        self._unread_opens.clear()
         self.budget.reset()
         if was != State.CONNECTING:
             self.reconnects += 1
@@ -612,6 +780,13 @@ class ProxyConnection(Service):
                        name=self.name, old=self.state, new=state, reason=reason)
         self.state = state
 
+
+_REFUSALS = {
+    RejectReason.UNKNOWN_CONNECTION: "it names another connection",
+    RejectReason.DUPLICATE_CONTROL: "the control link is alive",
+    RejectReason.NO_SUCH_SESSION: "no such session",
+    RejectReason.BUSY: "the bulk link is up",
+}
 
 _COUNTERS = ("to_peer", "to_peer_wire", "from_peer", "from_peer_wire")
 

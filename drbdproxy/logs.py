@@ -7,6 +7,8 @@ affected by the filter.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.logger import (
     FilteringLogObserver,
     Logger,
@@ -40,3 +42,46 @@ def set_level(level: str) -> None:
 def level() -> str:
     current = _predicate.logLevelForNamespace("")
     return next(name for name, value in LEVELS.items() if value is current)
+
+
+class Summarised:
+    """Log the first of a kind of event at once, then at most one summary per ``interval``
+    seconds saying how many more came and what the last one was: a remote host that repeats
+    something forever cannot fill the disk with log lines."""
+
+    def __init__(self, log: Logger, clock: Any, interval: float = 10.0) -> None:
+        self._log = log
+        self._clock = clock
+        self.interval = interval
+        self._quiet_until = float("-inf")
+        self._held = 0
+        self._last: tuple[str, dict[str, Any]] | None = None
+        self._summary: Any = None
+
+    def warn(self, format: str, **fields: Any) -> None:
+        now = self._clock.seconds()
+        if now >= self._quiet_until and self._summary is None:
+            self._log.warn(format, **fields)
+            self._quiet_until = now + self.interval
+            return
+        self._held += 1
+        self._last = (format, fields)
+        if self._summary is None:
+            delay = max(self._quiet_until - now, 0.0)
+            self._summary = self._clock.callLater(delay, self._summarise)
+
+    def _summarise(self) -> None:
+        self._summary = None
+        held, self._held = self._held, 0
+        if not held or self._last is None:
+            return
+        format, fields = self._last
+        self._log.warn("{held} more in the last {interval:g} s, the last: " + format,
+                       held=held, interval=self.interval, **fields)
+        self._quiet_until = self._clock.seconds() + self.interval
+
+    def stop(self) -> None:
+        """Say what is held back now, and schedule nothing more."""
+        if self._summary is not None and self._summary.active():
+            self._summary.cancel()
+            self._summarise()

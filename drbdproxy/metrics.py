@@ -12,6 +12,9 @@ and a removed connection simply disappears. Metrics, all labelled ``connection``
 - ``drbdproxy_drbd_read_pauses_total`` counter: times DRBD reads were paused
 - ``drbdproxy_drbd_sockets`` gauge: live DRBD sockets relayed
 - ``drbdproxy_reconnects_total`` counter: proxy-to-proxy link re-establishments
+- ``drbdproxy_discarded_bytes_total{direction}`` counter: DRBD bytes thrown away because their
+  socket or session closed (``to_peer``: read but never sent; ``from_peer``: received but never
+  written to DRBD)
 - ``drbdproxy_link_rtt_seconds`` gauge: last heartbeat round trip (absent before the first)
 - ``drbdproxy_bytes_total{socket,direction}`` counter: DRBD bytes, uncompressed
 - ``drbdproxy_wire_bytes_total{socket,direction}`` counter: the same on the proxy-to-proxy link
@@ -70,6 +73,8 @@ def _families() -> dict[str, _Family]:
           labels=conn),
         g("drbdproxy_drbd_sockets", "Live DRBD sockets relayed", labels=conn),
         c("drbdproxy_reconnects", "Proxy-to-proxy link re-establishments", labels=conn),
+        c("drbdproxy_discarded_bytes", "DRBD bytes discarded because their socket closed",
+          labels=["connection", "direction"]),
         g("drbdproxy_link_rtt_seconds", "Last heartbeat round trip to the peer proxy",
           labels=conn),
         c("drbdproxy_bytes", "DRBD bytes relayed, uncompressed", labels=sock),
@@ -110,6 +115,8 @@ def _add_connection(f: dict[str, _Family], conn: Any) -> None:
         f["drbdproxy_drbd_read_pauses"].add_metric([name], pauses)
     f["drbdproxy_drbd_sockets"].add_metric([name], len(conn.streams))
     f["drbdproxy_reconnects"].add_metric([name], conn.reconnects)
+    for direction, count in zip(DIRECTIONS, conn.discarded()):
+        f["drbdproxy_discarded_bytes"].add_metric([name, direction], count)
     if conn.link_rtt_ms is not None:
         f["drbdproxy_link_rtt_seconds"].add_metric([name], conn.link_rtt_ms / 1000)
     _add_totals(f, name, conn.totals())

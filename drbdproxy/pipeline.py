@@ -283,6 +283,7 @@ class FrameWriter:
         self._queue: deque[_Entry] = deque()
         self._paused = False
         self._closed = False
+        self._answer: bytes | None = None
         self._limiter: TokenBucket | None = None
         #: Bytes handed to the link's transport so far.
         self.sent = 0
@@ -309,6 +310,20 @@ class FrameWriter:
         """Heartbeats: straight to the transport, ahead of queued frames."""
         if not self._closed:
             self._transport.write(data)
+
+    def answer(self, data: bytes) -> None:
+        """An answer to the peer (PONG): straight to the transport like a heartbeat, unless the
+        transport is refusing writes (the peer does not read): then only the latest answer is
+        kept, and goes first once the transport takes writes again."""
+        if self._paused:
+            self._answer = data
+        else:
+            self.writeNow(data)
+
+    @property
+    def paused(self) -> bool:
+        """The transport is refusing writes: the peer does not read what we send."""
+        return self._paused
 
     def push(self, data: bytes, cost: int = 0) -> None:
         """Queue a ready frame (its cost, if any, is already counted in the budget)."""
@@ -426,6 +441,9 @@ class FrameWriter:
 
     def resumeProducing(self) -> None:
         self._paused = False
+        answer, self._answer = self._answer, None
+        if answer is not None:
+            self.writeNow(answer)
         self._flush()
 
     def stopProducing(self) -> None:

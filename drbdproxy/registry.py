@@ -12,7 +12,7 @@ from zope.interface import implementer
 
 from . import __version__, logs
 from .codecs import PluginError, parse_plugin
-from .connection import ProxyConnection
+from .connection import Network, ProxyConnection
 from .control.commands import ConnectionSpec
 from .control.interface import ControlError, IProxyControl
 from .logs import logger
@@ -50,9 +50,10 @@ class ConnectionRegistry(MultiService):
     _log = logger()
 
     def __init__(self, reactor: Any, meta_first: bool = True, tls: TlsConfig | None = None,
-                 link_secret: bytes | None = None) -> None:
+                 link_secret: bytes | None = None, link_allow: tuple[Network, ...] = ()) -> None:
         super().__init__()
         self._reactor = reactor
+        self._link_allow = link_allow
         self._meta_first = meta_first
         self._tls = tls
         self._link_secret = link_secret
@@ -109,7 +110,7 @@ class ConnectionRegistry(MultiService):
                                        f" address already in use by connection {other.name}")
         try:
             conn = ProxyConnection(spec, self._reactor, self._encoder, self._meta_first, self._tls,
-                                   self._link_secret)
+                                   self._link_secret, self._link_allow)
         except PluginError as e:
             raise ControlError(str(e)) from None
         try:
@@ -121,6 +122,12 @@ class ConnectionRegistry(MultiService):
         conn.setName(spec.name)
         conn.setServiceParent(self)
         self._log.info("connection {name} added", name=spec.name)
+        if not conn.authenticated:
+            self._log.warn("connection {name}: links to the peer proxy are not authenticated;"
+                           " they are accepted only from {peer}{allowed}. Anyone who can send"
+                           " from there can take part: use --link-secret or --tls-*",
+                           name=spec.name, peer=spec.connect_peer_outside[0],
+                           allowed=" and --link-allow" if self._link_allow else "")
         return None
 
     def del_connection(self, name: str) -> Any:

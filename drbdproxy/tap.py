@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grp
+import ipaddress
 import os
 import socket
 from typing import Any
@@ -70,6 +71,10 @@ class Options(usage.Options):
         ["link-secret", None, None,
          "file with a secret shared with the peer proxies (mode 0600): each link proves it with"
          " an HMAC challenge before any frame flows."],
+        ["link-allow", None, None,
+         "comma-separated networks (CIDR) from which links are also accepted when they are not"
+         " authenticated (no --link-secret, no TLS): a peer proxy behind NAT. Without it only"
+         " each connection's peer outside address may connect."],
         ["tls-cert", None, None, "PEM certificate of this proxy, for mutual TLS on the link."],
         ["tls-key", None, None, "PEM private key of --tls-cert."],
         ["tls-ca", None, None,
@@ -105,6 +110,14 @@ class Options(usage.Options):
                 self["secret"] = load_secret(self["link-secret"])
             except ValueError as e:
                 raise StartupError(f"--link-secret: {e}") from None
+        self["link-networks"] = ()
+        if self["link-allow"]:
+            try:
+                self["link-networks"] = tuple(ipaddress.ip_network(word.strip(), strict=False)
+                                              for word in self["link-allow"].split(",")
+                                              if word.strip())
+            except ValueError as e:
+                raise StartupError(f"--link-allow: {e}") from None
         tls = [self["tls-cert"], self["tls-key"], self["tls-ca"]]
         self["tls"] = None
         if any(tls):
@@ -171,6 +184,32 @@ class _Ready(Service):
         self._log.info("drbd-proxy ready: control socket {control}", control=self._control)
 
 
+class _StartupWarnings(Service):
+    """Started just before :class:`_Ready`: a WARN line for what a stranger could reach.
+
+    A stranger is anyone who can reach a port. The control protocol has no authentication, so a
+    control endpoint that is not a unix socket (whose file mode keeps others out) is one. (Each
+    connection whose links are not authenticated, from --drbd-conf or added later, is warned of
+    by the registry as it is added.)
+    """
+
+    _log = logger()
+
+    def __init__(self, control: str) -> None:
+        self._control = control
+
+    def startService(self) -> None:
+        super().startService()
+        if _unix_socket_path(self._control) is None:
+            loopback = any(f"interface={ip}" in self._control for ip in ("127.", "\\:\\:1", "::1"))
+            self._log.warn(
+                "control endpoint {control} is not a unix socket, and the control protocol has no"
+                " authentication: {who} can reconfigure or shut down this proxy; bind the control"
+                " socket to a unix path (--control unix:PATH, mode 0600, the default)",
+                control=self._control,
+                who="any local user or process" if loopback else "anyone who can reach it")
+
+
 class _SocketGroup(Service):
     """Once the control socket exists, hand it to the configured group (mode 0660)."""
 
@@ -191,7 +230,8 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     tune_gc(reactor)
     top = MultiService()
     registry = ConnectionRegistry(reactor, meta_first=not config["meta-on-bulk"],
-                                  tls=config.get("tls"), link_secret=config.get("secret"))
+                                  tls=config.get("tls"), link_secret=config.get("secret"),
+                                  link_allow=config.get("link-networks", ()))
     registry.setServiceParent(top)
     for connection in config.get("connections") or []:
         _configure(registry, connection)
@@ -212,6 +252,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         manhole.setServiceParent(top)
     if config["metrics"]:
         metrics_service(config["metrics"], registry, reactor=reactor).setServiceParent(top)
+    _StartupWarnings(config["control"]).setServiceParent(top)
     _Ready(config["control"]).setServiceParent(top)
     return top
 

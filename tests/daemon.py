@@ -77,28 +77,46 @@ class ProxyPair:
     """
 
     def __init__(self, workdir: Path, *setup: str, host: str = "127.0.0.1",
+                 alice_host: str | None = None, bob_host: str | None = None,
                  alice_args: tuple[str, ...] = (), bob_args: tuple[str, ...] = ()) -> None:
+        """``host``: the address of both sites; ``alice_host``/``bob_host`` put a site on its own
+        address instead (e.g. 127.0.0.1 and 127.0.0.2: each site's inside, outside and DRBD
+        addresses are then on its host, as on two machines)."""
         from helpers import free_ports
 
         self.host = host
-        (self.alice_drbd, self.alice_in, self.alice_out,
-         self.bob_drbd, self.bob_in, self.bob_out) = free_ports(6, host)
+        self.alice_host = alice_host or host
+        self.bob_host = bob_host or host
+        if self.alice_host == self.bob_host:
+            (self.alice_drbd, self.alice_in, self.alice_out,
+             self.bob_drbd, self.bob_in, self.bob_out) = free_ports(6, self.alice_host)
+        else:
+            self.alice_drbd, self.alice_in, self.alice_out = free_ports(3, self.alice_host)
+            self.bob_drbd, self.bob_in, self.bob_out = free_ports(3, self.bob_host)
         self.alice = Daemon(workdir, "alice", *alice_args)
         self.bob = Daemon(workdir, "bob", *bob_args)
         self.configure(self.alice, *setup)
         self.configure(self.bob, *setup)
 
+    def host_of(self, daemon: Daemon) -> str:
+        """The address of ``daemon``'s site (``host`` unless it has its own)."""
+        own = self.__dict__.get("alice_host" if daemon is self.alice else "bob_host")
+        return own or self.host
+
     def name(self, daemon: Daemon) -> str:
         return "r0-bob-alice" if daemon is self.alice else "r0-alice-bob"
 
     def configure(self, daemon: Daemon, *setup: str) -> None:
-        ip = self.host  # IPv6 without brackets, as drbdadm sends it
+        # IPv6 without brackets, as drbdadm sends it
+        other = self.bob if daemon is self.alice else self.alice
+        own, peer = self.host_of(daemon), self.host_of(other)
         if daemon is self.alice:
             ports = (self.alice_in, self.bob_out, self.alice_out, self.alice_drbd)
         else:
             ports = (self.bob_in, self.alice_out, self.bob_out, self.bob_drbd)
+        hosts = (own, peer, own, own)
         name = self.name(daemon)
-        add = f"add connection {name} " + " ".join(f"{ip}:{p}" for p in ports)
+        add = f"add connection {name} " + " ".join(f"{ip}:{p}" for ip, p in zip(hosts, ports))
         args = ["-c", add]
         for command in setup:
             args += ["-c", command.format(name=name)]
@@ -119,13 +137,13 @@ class ProxyPair:
 
     def sim_args(self, *extra: str) -> tuple[list[str], list[str]]:
         """drbd-sim arguments: primary at alice, secondary at bob."""
-        ip = f"[{self.host}]" if ":" in self.host else self.host
+        a, b = (f"[{h}]" if ":" in h else h for h in map(self.host_of, (self.alice, self.bob)))
         common = ["--connect-timeout", "60", "--ping-timeout", "10", *extra]
         return (
-            ["--role", "primary", "--listen", f"{ip}:{self.alice_drbd}",
-             "--peer", f"{ip}:{self.alice_in}", *common],
-            ["--role", "secondary", "--listen", f"{ip}:{self.bob_drbd}",
-             "--peer", f"{ip}:{self.bob_in}", *common],
+            ["--role", "primary", "--listen", f"{a}:{self.alice_drbd}",
+             "--peer", f"{a}:{self.alice_in}", *common],
+            ["--role", "secondary", "--listen", f"{b}:{self.bob_drbd}",
+             "--peer", f"{b}:{self.bob_in}", *common],
         )
 
     def replicate(self, sims, *extra: str) -> tuple[dict, dict]:

@@ -436,6 +436,21 @@ def test_idle_session_times_out(session: Session, clock: Clock) -> None:
     assert session.transport.disconnected
 
 
+def test_a_silent_session_is_dropped_at_30_seconds_by_default(control: FakeControl, clock: Clock) -> None:
+    """With the default idle timeout (the daemon's), a client that connects and sends nothing is
+    cut off at 30 s, not before, and its slot is free again."""
+    assert IDLE_TIMEOUT == 30.0
+    factory = ControlFactory(control, clock=clock, max_sessions=1)
+    silent = Session(factory)
+    clock.advance(29.9)
+    assert not silent.transport.disconnecting and not silent.transport.disconnected
+    assert Session(factory).take() == b"%error too many control sessions\n"
+    clock.advance(0.1)
+    assert silent.transport.disconnected
+    silent.close()  # what the transport reports after the abort
+    assert Session(factory).send(b"show version\n") == b"drbdproxy 0.1.0\n%ok\n"
+
+
 def test_connection_lost_cancels_the_idle_timer(factory: ControlFactory, clock: Clock) -> None:
     """Closing a session leaves no pending timer behind."""
     s = Session(factory)

@@ -11,7 +11,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterator
 
 import pytest
@@ -254,3 +256,117 @@ def test_socket_option_forms() -> None:
     assert ctl.parse_args(["-s", "/a", "show"], environ=env).target == "/a"
     assert ctl.parse_args(["-s/b", "show"], environ=env).target == "/b"
     assert ctl.parse_args(["--socket=/c", "show"], environ=env).target == "/c"
+
+
+# --- a daemon that refuses the session, a listen backlog that is full --------------------------
+
+
+@pytest.mark.parametrize("family", ["unix", "tcp"])
+def test_a_refused_session_reports_the_daemons_error(sock_path: Path, family: str) -> None:
+    """The daemon answered %error and closed before the command was written (a full session
+    table): the write fails (EPIPE on a unix socket), yet the daemon's own message is reported
+    and the command counts as failed (exit 1), not as a lost connection."""
+    if family == "unix":
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(sock_path))
+        target = str(sock_path)
+    else:
+        listener = socket.create_server(("127.0.0.1", 0))
+        target = f"tcp:127.0.0.1:{listener.getsockname()[1]}"
+    listener.listen(1)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        session = ctl.Session(target, 5.0)
+        refused, _ = listener.accept()
+        refused.sendall(b"%error too many control sessions\n")
+        refused.close()
+        ok = session.request("show", time.monotonic() + 5.0, out, err)
+        session.close()
+    finally:
+        listener.close()
+    assert ok is False
+    assert (out.getvalue(), err.getvalue()) == ("", "drbd-proxy-ctl: too many control sessions\n")
+
+
+def test_a_session_closed_without_a_word_is_still_a_lost_connection(sock_path: Path) -> None:
+    """When the write fails and the daemon said nothing, the client reports the lost connection
+    (exit 3 from run), as before."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(sock_path))
+    listener.listen(1)
+    try:
+        session = ctl.Session(str(sock_path), 5.0)
+        listener.accept()[0].close()
+        with pytest.raises(ctl.Unreachable, match="lost the connection to drbd-proxy at .*: Broken pipe"):
+            session.request("show", time.monotonic() + 5.0, io.StringIO(), io.StringIO())
+        session.close()
+    finally:
+        listener.close()
+
+
+class SlowDaemon(FakeDaemon):
+    """A FakeDaemon with a listen backlog of 0: one pending connection fills it (EAGAIN after)."""
+
+    request_queue_size = 0
+
+
+def fill_backlog(path: Path) -> socket.socket:
+    """Connect without being accepted, so that the next connect to ``path`` fails with EAGAIN."""
+    filler = socket.socket(socket.AF_UNIX)
+    filler.setblocking(False)
+    filler.connect(str(path))
+    probe = socket.socket(socket.AF_UNIX)
+    probe.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        probe.connect(str(path))
+    probe.close()
+    return filler
+
+
+def test_a_full_backlog_is_retried_until_the_daemon_accepts(sock_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """connect() fails with EAGAIN while the unix socket's backlog is full: the client waits a
+    little and tries again, and the command runs once the daemon catches up."""
+    server = SlowDaemon(str(sock_path))
+    filler = fill_backlog(sock_path)
+    served: list[Iterator[FakeDaemon]] = []
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:  # the client's backoff: the daemon catches up meanwhile
+        pauses.append(seconds)
+        if not served:
+            served.append(_serve(server))
+            next(served[0])
+
+    monkeypatch.setattr(ctl, "time", SimpleNamespace(monotonic=time.monotonic, sleep=pause))
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        status = ctl.run(["-s", str(sock_path), "show"], out=out, err=err)
+    finally:
+        filler.close()
+        for gen in served:
+            next(gen, None)
+        if not served:
+            server.server_close()
+    assert (status, err.getvalue()) == (0, "")
+    assert pauses and all(0 < p <= 0.2 for p in pauses)
+    assert server.received == ["show"]
+
+
+def test_a_backlog_full_for_2_seconds_is_one_clear_line(sock_path: Path) -> None:
+    """A daemon that never accepts: drbd-proxy-ctl keeps trying for 2 s, then exits 3 with one
+    line saying the socket accepts no more connections (not a bare EAGAIN)."""
+    server = SlowDaemon(str(sock_path))  # listening, never serving
+    filler = fill_backlog(sock_path)
+    try:
+        started = time.monotonic()
+        result = run_ctl("-s", str(sock_path), "show")
+        took = time.monotonic() - started
+    finally:
+        filler.close()
+        server.server_close()
+    assert result.returncode == 3
+    assert result.stderr.splitlines() == [
+        f"drbd-proxy-ctl: cannot reach drbd-proxy at {sock_path}: its control socket accepts no more"
+        " connections (listen backlog full for 2 s: is the daemon stuck or flooded with connections?)"]
+    assert ctl.CONNECT_RETRY == 2.0 <= took < ctl.TIMEOUT + 1

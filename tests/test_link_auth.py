@@ -42,7 +42,7 @@ from drbdproxy.link import (
     load_secret,
     new_session,
 )
-from drbdproxy.link.auth import PROOF_INPUT_SIZE, make_proof, proof_input, transcript_hash
+from drbdproxy.link.auth import MIN_SECRET_SIZE, PROOF_INPUT_SIZE, make_proof, proof_input, transcript_hash
 
 import lookups
 
@@ -551,10 +551,13 @@ def secret_file(tmp_path, content: bytes, mode: int = 0o600):
     return path
 
 
+S = b"sixteen-byte-s3c"  # MIN_SECRET_SIZE bytes: the shortest secret load_secret takes
+
+
 @pytest.mark.parametrize(
     "content,secret",
-    [(b"s3cret\n", b"s3cret"), (b"s3cret", b"s3cret"), (b"s3cret\r\n", b"s3cret"),
-     (b"s3cret\n\n", b"s3cret\n"), (b" \x00\xffbin\n", b" \x00\xffbin")],
+    [(S + b"\n", S), (S, S), (S + b"\r\n", S),
+     (S + b"\n\n", S + b"\n"), (b" \x00\xffbin" + S + b"\n", b" \x00\xffbin" + S)],
 )  # fmt: skip
 def test_load_secret_strips_one_trailing_newline(tmp_path, content, secret):
     """The secret is the file's bytes without one trailing line ending; everything else is kept."""
@@ -569,10 +572,20 @@ def test_load_secret_refuses_an_empty_secret(tmp_path, content):
         load_secret(secret_file(tmp_path, content))
 
 
+def test_load_secret_refuses_a_secret_shorter_than_16_bytes(tmp_path):
+    """15 bytes (after the trailing newline is dropped) are refused with one line saying how to
+    make a good one; exactly 16 are accepted."""
+    assert MIN_SECRET_SIZE == len(S) == 16
+    with pytest.raises(ValueError, match="holds a secret of 15 bytes, fewer than 16") as info:
+        load_secret(secret_file(tmp_path, S[:15] + b"\n"))
+    assert "\n" not in str(info.value) and "/dev/urandom" in str(info.value)
+    assert load_secret(secret_file(tmp_path, S + b"\n")) == S
+
+
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o620, 0o660, 0o700 | 0o007])
 def test_load_secret_refuses_a_file_others_may_access(tmp_path, mode):
     """Like an ssh private key, the file must not be accessible by group or others."""
-    path = secret_file(tmp_path, b"s3cret\n", mode)
+    path = secret_file(tmp_path, S + b"\n", mode)
     with pytest.raises(ValueError, match=f"group or others \\(mode {mode:04o}\\): chmod 600"):
         load_secret(path)
 
@@ -589,7 +602,7 @@ def test_load_secret_refuses_missing_files_and_directories(tmp_path):
 
 def test_a_loaded_secret_authenticates_a_link(tmp_path):
     """Both proxies reading the same file (one with a trailing newline) authenticate each other."""
-    one = load_secret(secret_file(tmp_path, b"shared\n"))
-    other = load_secret(secret_file(tmp_path, b"shared"))
+    one = load_secret(secret_file(tmp_path, S + b"\n"))
+    other = load_secret(secret_file(tmp_path, S))
     link = Link(client(one), server(other))
     assert isinstance(link.client.result, Accepted) and link.client.result.authenticated

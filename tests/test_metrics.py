@@ -39,9 +39,13 @@ class FakeConnection:
     link_rtt_ms: float | None = None
     streams: dict[Any, Any] = field(default_factory=dict)
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
+    discarded_bytes: tuple[int, int] = (0, 0)
 
     def totals(self) -> dict[str, dict[str, int]]:
         return {kind: dict(c) for kind, c in self.counters.items()}
+
+    def discarded(self) -> tuple[int, int]:
+        return self.discarded_bytes
 
 
 class CountingConnection(FakeConnection):
@@ -65,6 +69,7 @@ def connected() -> FakeConnection:
         name="r0", state="Connected",
         budget=FakeBudget(used=4096, limit=128 << 20, peak=65536, paused=True, pauses=2),
         reconnects=3, link_rtt_ms=12.5, streams={1: object(), 2: object()},
+        discarded_bytes=(5000, 700),
         counters={
             "data": {"to_peer": 1000, "to_peer_wire": 250, "from_peer": 80, "from_peer_wire": 100},
             "meta": {"to_peer": 40, "to_peer_wire": 0, "from_peer": 0, "from_peer_wire": 0},
@@ -77,7 +82,8 @@ def sample(collectors: Any, name: str, **labels: str) -> float | None:
 
 
 def test_connection_gauges() -> None:
-    """Buffer, memlimit, peak, paused, sockets, reconnects, RTT and state mirror the connection."""
+    """Buffer, memlimit, peak, paused, sockets, reconnects, discarded bytes, RTT and state
+    mirror the connection."""
     reg = collector_registry(FakeRegistry(connected()))
     assert sample(reg, "drbdproxy_connection_state", connection="r0", state="Connected") == 1
     assert sample(reg, "drbdproxy_connection_state", connection="r0", state="Connecting") == 0
@@ -89,6 +95,10 @@ def test_connection_gauges() -> None:
     assert sample(reg, "drbdproxy_drbd_read_pauses_total", connection="r0") == 2
     assert sample(reg, "drbdproxy_drbd_sockets", connection="r0") == 2
     assert sample(reg, "drbdproxy_reconnects_total", connection="r0") == 3
+    assert sample(reg, "drbdproxy_discarded_bytes_total", connection="r0",
+                  direction="to_peer") == 5000
+    assert sample(reg, "drbdproxy_discarded_bytes_total", connection="r0",
+                  direction="from_peer") == 700
     assert sample(reg, "drbdproxy_link_rtt_seconds", connection="r0") == pytest.approx(0.0125)
     assert sample(reg, "drbdproxy_build_info", version=__version__) == 1
 

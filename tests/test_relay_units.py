@@ -244,11 +244,10 @@ def make_env(monkeypatch: pytest.MonkeyPatch, options: dict[str, int] | None = N
         return connector
 
     monkeypatch.setattr(connection_module, "connect_from", connect_from)
-    # Our outside address is the higher one: the peer dials, we accept (no dialling here).
+    # The service is not started, so it does not dial: the peer's links are the ones up.
     spec = ConnectionSpec(NAME, ("127.0.0.1", 7789), ("127.0.0.1", 7790), ("127.0.0.2", 7790),
                           ("127.0.0.1", 7788), options or {})
     conn = ProxyConnection(spec, reactor, SyncEncoder())  # type: ignore[arg-type]
-    assert not conn.dialer
     session = new_session()
     control = up_link(conn, LinkRole.CONTROL, session)
     bulk = up_link(conn, LinkRole.BULK, session)

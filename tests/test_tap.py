@@ -1,9 +1,16 @@
-"""twistd drbd-proxy's options: defaults, cross-checks and safe endpoints."""
+"""twistd drbd-proxy's options: defaults, cross-checks and safe endpoints; what it warns of at start."""
+
+import os
 
 import pytest
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python import usage
 
+from drbdproxy import tap
+from drbdproxy.control.protocol import ControlFactory
 from drbdproxy.tap import DEFAULT_CONTROL, Options, loopback_by_default
+from helpers import free_ports
 
 
 def parse(*argv: str) -> Options:
@@ -42,9 +49,101 @@ def test_bad_combinations_are_usage_errors(argv, needle):
     (["--drbd-conf", "/nonexistent/drbd.conf"], "drbd-proxy: --drbd-conf: .*drbd.conf"),
     (["--link-secret", "/nonexistent/secret"], "drbd-proxy: --link-secret"),
     (["--tls-cert", "/x.pem", "--tls-key", "/x.key", "--tls-ca", "/ca.pem"], "drbd-proxy: cannot read"),
+    (["--link-allow", "10.0.0.0/8,not-a-network"], "drbd-proxy: --link-allow: .*not-a-network"),
 ])
 def test_unusable_files_are_one_line_startup_errors(argv, needle):
     """A file the daemon cannot use stops it with exit status 1 and one line naming it."""
     with pytest.raises(SystemExit, match=needle) as info:
         parse(*argv)
     assert "\n" not in str(info.value.code)
+
+
+def test_link_allow_takes_comma_separated_networks():
+    """--link-allow parses into networks (a bare address is a /32), handed to every connection."""
+    import ipaddress
+
+    o = parse("--link-allow", "10.0.0.0/8, 192.0.2.7")
+    assert o["link-networks"] == (ipaddress.ip_network("10.0.0.0/8"),
+                                  ipaddress.ip_network("192.0.2.7/32"))
+    assert parse()["link-networks"] == ()
+
+
+# --- what makeService builds, and what it warns of at start ------------------------------------
+
+CONF = """
+resource r0 {{
+  device minor 0; disk /dev/sdb1; meta-disk internal;
+  on alice {{ node-id 0; }}
+  on bob   {{ node-id 1; }}
+  connection {{
+    host alice address 127.0.0.1:{0} via proxy on alice {{ inside 127.0.0.1:{1}; outside 127.0.0.1:{2}; }}
+    host bob   address 127.0.0.1:{3} via proxy on bob   {{ inside 127.0.0.1:{4}; outside 127.0.0.1:{5}; }}
+  }}
+}}
+"""
+
+
+def build(monkeypatch, *argv: str):
+    """makeService on a memory reactor (nothing listens), the process's gc and malloc untouched."""
+    monkeypatch.setattr(tap, "tune_gc", lambda reactor: None)
+    monkeypatch.setattr(tap, "tune_malloc", lambda: None)
+    return tap.makeService(parse(*argv), reactor=MemoryReactorClock())
+
+
+def warnings_at_start(monkeypatch, *argv: str) -> list[str]:
+    """The WARN lines logged while the daemon is built (--drbd-conf connections are added then)
+    and its start-up warnings are given (that service is started alone: nothing listens)."""
+    with capturedLogs() as events:
+        top = build(monkeypatch, *argv)
+        [service] = [s for s in top if isinstance(s, tap._StartupWarnings)]
+        service.startService()
+    return [formatEvent(e) for e in events if e["log_level"] is LogLevel.warn]
+
+
+def test_control_sessions_idle_out_after_30_seconds(tmp_path, monkeypatch):
+    """The daemon's ControlFactory takes the 30 s default idle timeout (and 64 sessions)."""
+    top = build(monkeypatch, "--control", f"unix:{tmp_path}/c.sock")
+    [factory] = [s.factory for s in top if isinstance(getattr(s, "factory", None), ControlFactory)]
+    assert (factory.idle_timeout, factory.max_sessions) == (30.0, 64)
+
+
+def test_a_unix_control_socket_and_no_connections_warn_of_nothing(tmp_path, monkeypatch):
+    """The default set-up exposes nothing unauthenticated: no WARN line at start."""
+    assert warnings_at_start(monkeypatch, "--control", f"unix:{tmp_path}/c.sock") == []
+
+
+@pytest.mark.parametrize("endpoint, who", [
+    ("tcp:7000", "any local user or process"),
+    ("tcp:7000:interface=0.0.0.0", "anyone who can reach it"),
+])
+def test_a_tcp_control_endpoint_is_warned_of(monkeypatch, endpoint, who):
+    """A TCP control endpoint gets one WARN line: who can control the proxy, and to use a unix path."""
+    [line] = warnings_at_start(monkeypatch, "--control", endpoint)
+    assert line.startswith(f"control endpoint {loopback_by_default(endpoint)} is not a unix socket")
+    assert f"{who} can reconfigure or shut down this proxy" in line
+    assert "bind the control socket to a unix path" in line
+
+
+def drbd_conf(tmp_path) -> str:
+    path = tmp_path / "drbd.conf"
+    path.write_text(CONF.format(*free_ports(6)))
+    return str(path)
+
+
+def test_an_unauthenticated_drbd_conf_connection_is_warned_of_once(tmp_path, monkeypatch):
+    """A --drbd-conf connection without --link-secret or TLS gets exactly one WARN line, naming
+    it and the options that fix it (the registry's, as it adds the connection)."""
+    [line] = warnings_at_start(monkeypatch, "--control", f"unix:{tmp_path}/c.sock",
+                               "--drbd-conf", drbd_conf(tmp_path), "--node", "alice")
+    assert line.startswith("connection r0-bob-alice: ") and "not authenticated" in line
+    assert "--link-secret" in line and "--tls" in line
+
+
+def test_a_link_secret_silences_the_connection_warning(tmp_path, monkeypatch):
+    """With --link-secret every link is authenticated: no WARN line for the connection."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(os.urandom(16).hex().encode() + b"\n")
+    secret.chmod(0o600)
+    assert warnings_at_start(monkeypatch, "--control", f"unix:{tmp_path}/c.sock",
+                             "--drbd-conf", drbd_conf(tmp_path), "--node", "alice",
+                             "--link-secret", str(secret)) == []

@@ -16,6 +16,8 @@ PROG = "drbd-proxy-ctl"
 DEFAULT_SOCKET = "/run/drbd-proxy/drbd-proxy-ctl.socket"
 SOCKET_ENV = "DRBD_PROXY_CTL_SOCKET"
 TIMEOUT = 4.5  # overall, for command-line use: drbdadm kills us after 5 s
+CONNECT_RETRY = 2.0  # seconds to keep trying a unix socket whose listen backlog is full (EAGAIN)
+LAST_WORDS_WAIT = 1.0  # seconds to read what the daemon said before closing, after a failed write
 INTERACTIVE_TIMEOUT = 30.0  # per command, in the shell
 PROMPT = "drbd-proxy> "
 HISTORY = "~/.drbd-proxy-ctl_history"
@@ -40,8 +42,10 @@ With no command, {PROG} runs an interactive shell ("help" lists the daemon's com
 "quit" or end of input leaves). Commands read from a pipe run like -c commands.
 
 Data lines go to standard output exactly as the daemon sends them; warnings and errors go to
-standard error. Exit status: 0 every command succeeded, 1 a command failed, 2 usage error,
-3 the daemon could not be reached (or did not answer within {TIMEOUT} s).
+standard error. Exit status: 0 every command succeeded, 1 a command failed (or the daemon
+refused the session: too many control sessions), 2 usage error,
+3 the daemon could not be reached (or did not answer within {TIMEOUT} s; a full listen
+backlog is retried for {CONNECT_RETRY:g} s first).
 """
 
 
@@ -127,6 +131,35 @@ def _address(target: str) -> tuple[int, str | tuple[str, int]]:
     return socket.AF_UNIX, path
 
 
+def _connect(family: int, address: str | tuple[str, int], timeout: float) -> socket.socket:
+    """A socket connected to ``address``.
+
+    A unix socket whose listen backlog is full refuses at once with EAGAIN (``BlockingIOError``):
+    a daemon busy for a moment. Try again with a short backoff for up to :data:`CONNECT_RETRY`
+    seconds (never beyond ``timeout``); then the last BlockingIOError is raised.
+    """
+    give_up = time.monotonic() + min(CONNECT_RETRY, timeout)
+    pause = 0.01
+    while True:
+        try:
+            if family == socket.AF_UNIX:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(timeout)
+                try:
+                    sock.connect(address)
+                except BaseException:
+                    sock.close()
+                    raise
+                return sock
+            return socket.create_connection(address, timeout)  # type: ignore[arg-type]  # (host, port)
+        except BlockingIOError:
+            left = give_up - time.monotonic()
+            if left <= 0:
+                raise
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.2)
+
+
 class Session:
     """One connection to the daemon's control socket."""
 
@@ -135,18 +168,13 @@ class Session:
         self._buffer = b""
         family, address = _address(target)
         try:
-            if family == socket.AF_UNIX:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self._sock.settimeout(timeout)
-                try:
-                    self._sock.connect(address)
-                except BaseException:
-                    self._sock.close()
-                    raise
-            else:
-                self._sock = socket.create_connection(address, timeout)  # type: ignore[arg-type]  # (host, port)
+            self._sock = _connect(family, address, timeout)
         except TimeoutError:
             raise Unreachable(f"cannot reach drbd-proxy at {target}: timed out") from None
+        except BlockingIOError:
+            raise Unreachable(f"cannot reach drbd-proxy at {target}: its control socket accepts no"
+                              f" more connections (listen backlog full for {CONNECT_RETRY:g} s:"
+                              f" is the daemon stuck or flooded with connections?)") from None
         except OSError as e:
             hint = "" if target.startswith("tcp:") else f" (is drbd-proxy running? choose the socket with -s or ${SOCKET_ENV})"
             raise Unreachable(f"cannot reach drbd-proxy at {target}: {e.strerror or e}{hint}") from None
@@ -174,7 +202,14 @@ class Session:
         except TimeoutError:
             raise Unreachable(f"drbd-proxy at {self.target} did not accept a command in time") from None
         except OSError as e:
-            raise Unreachable(f"lost the connection to drbd-proxy at {self.target}: {e.strerror or e}") from None
+            # The daemon may have said why before it closed (e.g. "too many control sessions").
+            said = self._last_error(deadline)
+            if said is None:
+                raise Unreachable(f"lost the connection to drbd-proxy at {self.target}:"
+                                  f" {e.strerror or e}") from None
+            out.flush()
+            err.write(f"{PROG}: {said}\n")
+            return False
         while True:
             line = self._readline(deadline)
             if line == "%ok":
@@ -192,6 +227,34 @@ class Session:
                 continue  # a control line of a later protocol version: ignored
             else:
                 out.write(line + "\n")
+
+    def _last_error(self, deadline: float) -> str | None:
+        """After a failed write: the message of a ``%error`` line the daemon sent before it closed.
+
+        Reads what is left, until such a line, the end of input, a read error, 64 KiB or at most
+        :data:`LAST_WORDS_WAIT` seconds; None when the daemon said nothing of the kind.
+        """
+        deadline = min(deadline, time.monotonic() + LAST_WORDS_WAIT)
+        data, self._buffer = self._buffer, b""
+        while True:
+            lines = data.split(b"\n")
+            for line in lines[:-1]:
+                text = line.rstrip(b"\r").decode("utf-8", "replace")
+                if text.startswith("%error"):
+                    return text[6:].strip() or "command failed"
+            data = lines[-1]
+            if len(data) > 65536:
+                return None
+            try:
+                self._settimeout(deadline)
+                chunk = self._sock.recv(65536)
+            except (Unreachable, OSError):
+                chunk = b""
+            if not chunk:
+                if not data:
+                    return None
+                chunk = b"\n"  # a last line without its line end counts too
+            data += chunk
 
     def _settimeout(self, deadline: float) -> None:
         remaining = deadline - time.monotonic()

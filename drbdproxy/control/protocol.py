@@ -25,7 +25,7 @@ from .commands import Action, Command, CommandError, parse_command
 from .interface import ControlError, IProxyControl
 
 MAX_LINE = 4096
-IDLE_TIMEOUT = 300.0
+IDLE_TIMEOUT = 30.0  # seconds without input before a session is dropped: forgotten sessions free their slot
 MAX_SESSIONS = 64
 SHUTDOWN_GRACE = 2.0  # seconds the ``%ok`` of ``shutdown`` may take to reach the client
 CLOSE_TIMEOUT = 5.0  # seconds a closing session may take to deliver its last bytes before it is aborted
@@ -284,7 +284,8 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
 class ControlFactory(ServerFactory):
     """Control sessions for one :class:`IProxyControl`.
 
-    :param idle_timeout: seconds without input after which a session is closed (None: never).
+    :param idle_timeout: seconds without input after which a session is closed (None: never;
+        default :data:`IDLE_TIMEOUT`, 30).
     :param max_sessions: sessions open at once; more are answered ``%error`` and closed.
     :param close_timeout: seconds a closing session may take to deliver its last bytes; then it
         is aborted.

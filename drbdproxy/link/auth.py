@@ -39,6 +39,9 @@ LABELS = {
 assert all(len(label) == LABEL_SIZE for label in LABELS.values())
 #: Bytes of the HMAC input: label, two nonces, session, role, version, transcript hash.
 PROOF_INPUT_SIZE = LABEL_SIZE + 32 + 32 + 16 + 1 + 2 + 32
+#: Fewest bytes :func:`load_secret` accepts: anyone who records one AUTH exchange can test guesses
+#: offline, so a short secret (a word, a PIN) is no protection.
+MIN_SECRET_SIZE = 16
 
 
 def check_secret(secret: bytes | bytearray | None) -> bytes | None:
@@ -93,8 +96,11 @@ def load_secret(path: str | os.PathLike[str]) -> bytes:
     ``echo`` or an editor may write it. Like an ssh private key, the file must be a regular file
     that neither group nor others may access (``chmod 600``).
 
+    The secret must be at least :data:`MIN_SECRET_SIZE` bytes long (``head -c 32 /dev/urandom |
+    base64`` writes 44).
+
     :raises ValueError: with a one-line message for the user: the file cannot be read, is not a
-        regular file, is accessible by group or others, or holds an empty secret.
+        regular file, is accessible by group or others, or holds an empty or too short secret.
     """
     try:
         with open(path, "rb") as f:
@@ -112,4 +118,7 @@ def load_secret(path: str | os.PathLike[str]) -> bytes:
         secret = secret[:-2] if secret.endswith(b"\r\n") else secret[:-1]
     if not secret:
         raise ValueError(f"link secret file {path} holds an empty secret")
+    if len(secret) < MIN_SECRET_SIZE:
+        raise ValueError(f"link secret file {path} holds a secret of {len(secret)} bytes, fewer than"
+                         f" {MIN_SECRET_SIZE}: write a random one, e.g. head -c 32 /dev/urandom | base64")
     return secret

@@ -124,6 +124,7 @@ class CloseReason(IntEnum):
     CONNECT_FAILED = 1  # the far proxy could not connect to its DRBD
     RESET = 2  # a socket error on the DRBD socket
     ABORTED = 3  # the proxy gave up on the stream (delivery timeout, connection removed)
+    REFUSED = 4  # the receiver of OPEN will not take the stream (too many streams or connects)
 
 
 class GoAwayReason(IntEnum):

@@ -7,7 +7,7 @@ its bulk link (DRBD data sockets). What a frame means is decided by the link's o
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Protocol as TypingProtocol
+from typing import Any, Callable, Protocol as TypingProtocol
 
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, succeed
@@ -61,14 +61,22 @@ class LinkProtocol(protocol.Protocol):
     _log = logger()
 
     def __init__(self, owner: LinkOwner, side: Side,
-                 handshake: ClientHandshake | ServerHandshake) -> None:
+                 handshake: ClientHandshake | ServerHandshake, source: str = "-",
+                 settled: Callable[[LinkProtocol], object] | None = None) -> None:
         self.owner = owner
+        #: The peer's IP address, for log lines.
+        self.source = source
+        #: Called once the handshake is over, either way (accepted, refused or lost).
+        self._settled = settled
         self.side = side
         self.handshake = handshake
         self.role: LinkRole | None = (
             handshake.hello_frame.role if isinstance(handshake, ClientHandshake) else None
         )
         self.accepted: Accepted | None = None
+        #: The peer refused this link (our dial), or we gave it up ourselves (crossed dials).
+        self.rejected: Rejected | None = None
+        self.abandoned = False
         self.writer: FrameWriter | None = None
         self.reading: PauseReasons | None = None
         self._decoder = handshake.decoder()  # its auth phase and frame limit match the handshake
@@ -166,6 +174,8 @@ class LinkProtocol(protocol.Protocol):
         if isinstance(outcome, Pending):
             return  # proving the link secret; the handshake timer keeps running
         if isinstance(outcome, Rejected):
+            self.rejected = outcome
+            self._settle()
             self._down_reason = f"refused: {outcome.message}"
             self.owner.linkRefused(self, outcome)
             self._closer.close(self.transport, self.owner.close_timeout)
@@ -174,6 +184,7 @@ class LinkProtocol(protocol.Protocol):
         self.role = outcome.role
         if self._handshake_timer.active():
             self._handshake_timer.cancel()
+        self._settle()
         self.owner.linkUp(self, outcome)
 
     def fail(self, reason: str, last_words: bytes | None = None) -> None:
@@ -191,6 +202,16 @@ class LinkProtocol(protocol.Protocol):
         else:
             self._closer.abort(self.transport)
 
+    def abandon(self, reason: str) -> None:
+        """We give this link up before its handshake is done (the peer's crossed dial won)."""
+        self.abandoned = True
+        self.fail(reason)
+
+    def _settle(self) -> None:
+        settled, self._settled = self._settled, None
+        if settled is not None:
+            settled(self)
+
     def whenClosed(self) -> Deferred[None]:
         """Fires once the link's transport is closed."""
         if self._lost:
@@ -206,6 +227,7 @@ class LinkProtocol(protocol.Protocol):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._lost = True
         self._closer.connectionLost()
+        self._settle()
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._backlog.clear()
@@ -219,16 +241,36 @@ class LinkProtocol(protocol.Protocol):
             d.callback(None)
 
 
+#: Links on one outside address that may wait for their handshake at once; a newer one drops
+#: the oldest, so connections that never speak cannot pile up.
+MAX_PRE_HANDSHAKE = 16
+
+
 class LinkServerFactory(protocol.ServerFactory):
-    """Accepts the peer proxy's links on the outside address."""
+    """Accepts the peer proxy's links on the outside address: only from whom the owner admits,
+    and at most MAX_PRE_HANDSHAKE of them still in their handshake."""
 
     noisy = False  # they start and stop with every DRBD socket and link: not news
 
     def __init__(self, owner: Any) -> None:
         self.owner = owner
+        self._waiting: dict[LinkProtocol, None] = {}  # in arrival order
 
-    def buildProtocol(self, addr: Any) -> LinkProtocol:
-        return LinkProtocol(self.owner, Side.SERVER, self.owner.serverHandshake())
+    def buildProtocol(self, addr: Any) -> LinkProtocol | None:
+        source = str(getattr(addr, "host", addr))
+        if not self.owner.admitLink(source):
+            return None  # Twisted closes the socket
+        if len(self._waiting) >= MAX_PRE_HANDSHAKE:
+            oldest = next(iter(self._waiting))
+            del self._waiting[oldest]
+            oldest.fail(f"more than {MAX_PRE_HANDSHAKE} links waiting for their handshake")
+        link = LinkProtocol(self.owner, Side.SERVER, self.owner.serverHandshake(source), source,
+                            settled=self._settled)
+        self._waiting[link] = None
+        return link
+
+    def _settled(self, link: LinkProtocol) -> None:
+        self._waiting.pop(link, None)
 
 
 class LinkClientFactory(protocol.ClientFactory):
@@ -239,9 +281,14 @@ class LinkClientFactory(protocol.ClientFactory):
     def __init__(self, owner: Any, handshake: ClientHandshake) -> None:
         self.owner = owner
         self.handshake = handshake
+        #: The dial (set by whoever dials), and the link once connected.
+        self.connector: Any = None
+        self.link: LinkProtocol | None = None
 
     def buildProtocol(self, addr: Any) -> LinkProtocol:
-        return LinkProtocol(self.owner, Side.CLIENT, self.handshake)
+        self.link = LinkProtocol(self.owner, Side.CLIENT, self.handshake,
+                                 str(getattr(addr, "host", addr)))
+        return self.link
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        self.owner.dialFailed(self.handshake.hello_frame.role, reason.getErrorMessage())
+        self.owner.dialFailed(self, self.handshake.hello_frame.role, reason.getErrorMessage())
