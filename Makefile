@@ -22,7 +22,8 @@ demo: install
 
 # pytest exits 5 when it collected nothing: that is a failure here, like any other non-zero code.
 test: install
-	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider . ; rc=$$?; \
+	$(BIN)/python -m pyflakes drbdproxy tests bench
+	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=300 . ; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 bench: install

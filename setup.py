@@ -26,7 +26,7 @@ setup(
         "prometheus_client>=0.20",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "hypothesis"],
+        "test": ["pytest", "pytest-timeout", "hypothesis", "pyflakes"],
         "bench": ["matplotlib"],
     },
     entry_points={

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
-from .config import ProxyConnectionConfig, load
-from .control.ctl import Unreachable, run_commands
-from .drbd.payloads import WireProtocol
-from .sim.config import SimConfig
-from .units import format_size, parse_size
+from drbdproxy.config import ProxyConnectionConfig, load
+from drbdproxy.control.ctl import Unreachable, run_commands
+from drbdproxy.drbd.payloads import WireProtocol
+from drbdproxy.sim.config import SimConfig
+from drbdproxy.units import format_size, parse_size
 
 BIN = Path(sys.executable).parent
 CONF_NAME = Path("etc") / "demo" / "drbd.conf"
@@ -91,7 +91,7 @@ def _replicate(a: ProxyConnectionConfig, b: ProxyConnectionConfig, size: int,
     from twisted.internet.defer import gatherResults
     from twisted.internet.task import LoopingCall
 
-    from .sim.node import Node
+    from drbdproxy.sim.node import Node
 
     # Each DRBD listens on its own address and connects to its proxy's inside address.
     common: dict[str, Any] = dict(protocol=protocol, size=size, ping_timeout=10.0)

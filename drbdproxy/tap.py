@@ -12,20 +12,20 @@ from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.python import usage
 
-from .config import ConfigError, ProxyConnectionConfig, load
-from .collector import tune_gc
-from .control.commands import CommandError, parse_command
-from .control.interface import ControlError
-from .control.protocol import ControlFactory
-from .link import load_secret
-from .malloc import tune_malloc
-from .logs import logger
-from .manhole import ManholeError, load_authorized_keys, manhole_service
-from .manhole import check_endpoint as check_manhole_endpoint
-from .metrics import MetricsError, metrics_service
-from .metrics import check_endpoint as check_metrics_endpoint
-from .registry import ConnectionRegistry
-from .tls import TlsConfig, TlsError
+from drbdproxy.config import ConfigError, ProxyConnectionConfig, load
+from drbdproxy.runtime.collector import tune_gc
+from drbdproxy.control.commands import CommandError, parse_command
+from drbdproxy.control.interface import ControlError
+from drbdproxy.control.protocol import ControlFactory
+from drbdproxy.link import load_secret
+from drbdproxy.runtime.malloc import tune_malloc
+from drbdproxy.admin.logs import logger
+from drbdproxy.admin.manhole import ManholeError, load_authorized_keys, manhole_service
+from drbdproxy.admin.manhole import check_endpoint as check_manhole_endpoint
+from drbdproxy.admin.metrics import MetricsError, metrics_service
+from drbdproxy.admin.metrics import check_endpoint as check_metrics_endpoint
+from drbdproxy.control.registry import ConnectionRegistry
+from drbdproxy.relay.tls import TlsConfig, TlsError
 
 DEFAULT_CONTROL = "unix:/run/drbd-proxy/drbd-proxy-ctl.socket:mode=600"
 
@@ -210,6 +210,19 @@ class _StartupWarnings(Service):
                 who="any local user or process" if loopback else "anyone who can reach it")
 
 
+class _ProcessTuning(Service):
+    """Heap and garbage-collector settings for a process that relays bulk data: applied when the
+    daemon starts, not when its service tree is built."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        tune_malloc()
+        tune_gc(self._reactor)
+
+
 class _SocketGroup(Service):
     """Once the control socket exists, hand it to the configured group (mode 0660)."""
 
@@ -226,9 +239,8 @@ class _SocketGroup(Service):
 def makeService(config: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
-    tune_malloc()
-    tune_gc(reactor)
     top = MultiService()
+    _ProcessTuning(reactor).setServiceParent(top)
     registry = ConnectionRegistry(reactor, meta_first=not config["meta-on-bulk"],
                                   tls=config.get("tls"), link_secret=config.get("secret"),
                                   link_allow=config.get("link-networks", ()))
@@ -258,11 +270,14 @@ def makeService(config: Options, reactor: Any = None) -> IService:
 
 
 def _manhole_namespace(registry: ConnectionRegistry, reactor: Any) -> dict[str, Any]:
-    """A manhole session's locals: the registry and, by name, the connections of this moment."""
+    """A manhole session's locals: the registry, by name the connections of this moment, and
+    ``status()`` for their snapshots."""
     return {
         "registry": registry,
         "reactor": reactor,
         "connections": {c.name: c for c in registry.connections_by_name},
+        # What the control protocol and /metrics render, as typed snapshots: show(status()[0]).
+        "status": registry.status,
     }
 
 

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from drbdproxy.collector import YOUNG_THRESHOLD, tune_gc
+from drbdproxy.runtime.collector import YOUNG_THRESHOLD, tune_gc
 
 
 class _StartingReactor:

@@ -8,15 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from drbdproxy.spec import COMPRESSION_ON, ConnectionSpec
 from drbdproxy.control.commands import (
-    COMPRESSION_ON,
     OPTIONS,
     TABLE,
     Action,
     AddConnection,
     Command,
     CommandError,
-    ConnectionSpec,
     DelConnection,
     Help,
     ListConnections,
@@ -258,7 +257,7 @@ def test_help_has_one_line_per_command_with_apply_timing() -> None:
     by_command = {line.split()[1]: line for line in lines if line.startswith("set ")}
     expected = {"memlimit": "applies live", "plugin": "applies live at the next chunk",
                 "compression": "applies live at the next chunk", "bwlimit": "applies live",
-                "ping-timeout": "applies live", "read-loops": "applies live",
+                "ping-timeout": "applies live", "read-loops": "applies never",
                 "sndbuf-size": "applies on reconnect", "rcvbuf-size": "applies on reconnect"}
     for option, timing in expected.items():
         assert timing in by_command[option], option

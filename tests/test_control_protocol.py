@@ -15,7 +15,8 @@ from twisted.logger import capturedLogs
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from drbdproxy.control.commands import ConnectionSpec, help_lines
+from drbdproxy.spec import ConnectionSpec
+from drbdproxy.control.commands import help_lines
 from drbdproxy.control.interface import ControlError, IProxyControl
 from drbdproxy.control.protocol import (
     CLOSE_TIMEOUT,

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from drbdproxy.connection import MAX_DRBD_CONNECTS
+from drbdproxy.relay.connection import MAX_DRBD_CONNECTS
 
 from daemon import ProxyPair, assert_clean_disconnect, wait_until
 from helpers import tcp_sockets_of

@@ -20,8 +20,8 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from zope.interface import implementer
 
+from drbdproxy.spec import COMPRESSION_ON
 from drbdproxy.control.commands import (
-    COMPRESSION_ON,
     TABLE,
     AddConnection,
     Command,

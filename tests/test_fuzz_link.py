@@ -454,14 +454,14 @@ def run_handshake(client: ClientHandshake, server: ServerHandshake, tamper) -> t
 
     def deliver(end: str, decoder: LinkDecoder, wire: bytes, receive) -> list[bytes]:
         out = []
-        for event in decoder.feed(wire):
+        for item in decoder.feed(wire):
             if result[end] is not None:
                 break
-            if isinstance(event, LinkError):
-                result[end] = event
+            if isinstance(item, LinkError):
+                result[end] = item
                 break
             try:
-                got = receive(event)
+                got = receive(item)
             except LinkProtocolError as e:
                 result[end] = e
                 break

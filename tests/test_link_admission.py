@@ -20,8 +20,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
-from drbdproxy import logs
-from drbdproxy.connection import (
+from drbdproxy.admin import logs
+from drbdproxy.relay.connection import (
     MAX_DRBD_CONNECTS,
     MAX_STREAMS_PER_LINK,
     MAX_UNREAD_OPENS,
@@ -29,7 +29,7 @@ from drbdproxy.connection import (
     State,
     peer_names,
 )
-from drbdproxy.control.commands import ConnectionSpec
+from drbdproxy.spec import ConnectionSpec
 from drbdproxy.link import ErrorCode, ErrorFrame
 from drbdproxy.link import (
     Accepted,

@@ -42,7 +42,13 @@ from drbdproxy.link import (
     load_secret,
     new_session,
 )
-from drbdproxy.link.auth import MIN_SECRET_SIZE, PROOF_INPUT_SIZE, make_proof, proof_input, transcript_hash
+from drbdproxy.link.auth import (
+    MIN_SECRET_SIZE,
+    PROOF_INPUT_SIZE,
+    make_proof,
+    proof_input,
+    transcript_hash,
+)
 
 import lookups
 

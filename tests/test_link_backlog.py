@@ -18,7 +18,7 @@ from drbdproxy.link import (
     data_checksum,
     new_session,
 )
-from drbdproxy.pipeline import Budget
+from drbdproxy.relay.budget import Budget
 from drbdproxy.relay.links import PAUSE_SLACK, LinkProtocol
 
 from lookups import Registry

@@ -10,7 +10,16 @@ import pytest
 
 from daemon import Daemon, ProxyPair, wait_until
 from helpers import tool
-from drbdproxy.link import Hello, LinkDecoder, LinkRole, Reject, RejectReason, Side, new_nonce, new_session
+from drbdproxy.link import (
+    Hello,
+    LinkDecoder,
+    LinkRole,
+    Reject,
+    RejectReason,
+    Side,
+    new_nonce,
+    new_session,
+)
 
 
 def secret_file(tmp_path, name: str, value: bytes) -> str:

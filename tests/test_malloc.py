@@ -6,10 +6,10 @@ import pytest
 from twisted.application.service import Service
 from twisted.internet.task import Clock
 
-from drbdproxy import registry as registry_module
-from drbdproxy.malloc import HeapTrimmer, resident_bytes, trim_heap
-from drbdproxy.pipeline import Budget
-from drbdproxy.registry import TRIM_INTERVAL, ConnectionRegistry
+from drbdproxy.control import registry as registry_module
+from drbdproxy.runtime.malloc import HeapTrimmer, resident_bytes, trim_heap
+from drbdproxy.relay.budget import Budget
+from drbdproxy.control.registry import TRIM_INTERVAL, ConnectionRegistry
 
 MiB = 1 << 20
 

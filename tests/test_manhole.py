@@ -24,7 +24,7 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 import drbdproxy
-from drbdproxy.manhole import (
+from drbdproxy.admin.manhole import (
     HOST_KEY_NAME,
     ManholeError,
     manhole_service,
@@ -37,7 +37,7 @@ SERVER = """\
 import sys
 from twisted.internet import reactor
 from twisted.logger import globalLogBeginner, textFileLogObserver
-from drbdproxy.manhole import manhole_service
+from drbdproxy.admin.manhole import manhole_service
 
 class Counter:
     def __init__(self):

@@ -13,7 +13,9 @@ from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
 from drbdproxy import __version__
-from drbdproxy.metrics import (
+from drbdproxy.spec import ConnectionSpec
+from drbdproxy.status import ConnectionStatus, StreamStatus
+from drbdproxy.admin.metrics import (
     MetricsError,
     collector_registry,
     metrics_resource,
@@ -49,19 +51,37 @@ class FakeConnection:
 
 
 class CountingConnection(FakeConnection):
-    """A connection that already has ``packet_counts()``, as ProxyConnection will."""
+    """A connection whose DRBD sockets have counted packets."""
 
     def packet_counts(self) -> dict[tuple[str, str, str], int]:
         return {("data", "to_peer", "P_DATA"): 7, ("meta", "from_peer", "P_PING_ACK"): 3}
 
 
 class FakeRegistry:
+    """Snapshots of its fake connections as they are at each call, as the registry gives."""
+
     def __init__(self, *connections: FakeConnection) -> None:
         self.connections = list(connections)
 
-    @property
-    def connections_by_name(self) -> list[FakeConnection]:
-        return sorted(self.connections, key=lambda c: c.name)
+    def status(self) -> list[ConnectionStatus]:
+        return [snapshot(c) for c in sorted(self.connections, key=lambda c: c.name)]
+
+
+def snapshot(c: FakeConnection) -> ConnectionStatus:
+    b = c.budget
+    to_peer, from_peer = c.discarded()
+    packets = c.packet_counts() if isinstance(c, CountingConnection) else {}
+    return ConnectionStatus(
+        name=c.name, spec=SPEC, state=c.state, memlimit=b.limit, bwlimit=0, codec="none",
+        buffered=b.used, buffered_peak=b.peak, reads_paused=b.paused, read_pauses=b.pauses,
+        reconnects=c.reconnects, link_rtt_ms=c.link_rtt_ms, drain_rate=None,
+        drain_seconds=None, out_of_sync=0, dropped_after_close=0, discarded_to_peer=to_peer,
+        discarded_from_peer=from_peer, totals=c.totals(), packets=packets,
+        streams=tuple(STREAM for _ in c.streams))
+
+
+SPEC = ConnectionSpec("r0", ("127.0.0.1", 1), ("127.0.0.1", 2), ("127.0.0.1", 3), ("127.0.0.1", 4))
+STREAM = StreamStatus("data", 1, "127.0.0.1:7788", 0, 0, 0, 0, None)
 
 
 def connected() -> FakeConnection:
@@ -138,7 +158,7 @@ def test_no_rtt_sample_before_first_heartbeat() -> None:
 
 
 def test_packets_only_when_counted() -> None:
-    """Packets per DRBD type appear for connections with packet_counts() and not for others."""
+    """Packets per DRBD type appear for connections that counted some, and not for others."""
     reg = collector_registry(FakeRegistry(FakeConnection(name="a"), CountingConnection(name="b")))
     text = generate_latest(reg).decode()
     assert 'connection="a"' in text and 'drbdproxy_packets_total{connection="a"' not in text
@@ -191,8 +211,7 @@ def test_resource_reports_a_failing_collection() -> None:
     """A registry that raises while being read gives a 500, not a half-written page."""
 
     class Broken:
-        @property
-        def connections_by_name(self) -> list[Any]:
+        def status(self) -> list[Any]:
             raise RuntimeError("torn down")
 
     request, body = render(metrics_resource(Broken()), b"/metrics")

@@ -11,9 +11,9 @@ from twisted.internet.interfaces import IPushProducer
 
 from drbdproxy.codecs import CodecId, Lz4Codec
 from drbdproxy.link import Data, LinkDecoder, Open, Side, StreamKind
-from drbdproxy.pipeline import (
-    WRITE_BATCH, Budget, ChunkEncoder, Encoded, FrameWriter, PauseReasons, chunks,
-)
+from drbdproxy.relay.writer import WRITE_BATCH, FrameWriter, PauseReasons
+from drbdproxy.relay.budget import Budget
+from drbdproxy.relay.encoder import ChunkEncoder, Encoded, chunks
 
 
 @implementer(IPushProducer)
@@ -212,7 +212,7 @@ def test_bwlimit_spaces_frames_at_the_configured_rate():
 
 def test_drain_rate_learns_only_from_busy_intervals():
     """The link rate is measured while data waits; idle intervals do not drag it to zero."""
-    from drbdproxy.pipeline import DrainRate
+    from drbdproxy.relay.budget import DrainRate
 
     rate = DrainRate(weight=1.0)
     rate.sample(0.0, 0, busy=True)
@@ -227,7 +227,7 @@ def test_drain_rate_learns_only_from_busy_intervals():
 def test_drain_rate_after_a_bwlimit_starts_from_the_limit_and_never_exceeds_it():
     """Reset for a new bwlimit, the estimate is the limit until a rate is measured, and a
     measured rate above the limit (a burst) is capped by it."""
-    from drbdproxy.pipeline import DrainRate
+    from drbdproxy.relay.budget import DrainRate
 
     rate = DrainRate(weight=1.0)
     rate.sample(0.0, 0, busy=True)

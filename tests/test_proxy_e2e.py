@@ -69,8 +69,8 @@ def test_socket_buffer_options_apply_to_link_sockets():
     """sndbuf-size and rcvbuf-size are set on each new link socket."""
     import socket
 
-    from drbdproxy.connection import ProxyConnection
-    from drbdproxy.control.commands import ConnectionSpec
+    from drbdproxy.relay.connection import ProxyConnection
+    from drbdproxy.spec import ConnectionSpec
 
     spec = ConnectionSpec("r0", ("127.0.0.1", 1), ("127.0.0.1", 2), ("127.0.0.1", 3),
                           ("127.0.0.1", 4), {"sndbuf-size": 1 << 20, "rcvbuf-size": 512 << 10})

@@ -19,10 +19,10 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-import drbdproxy.connection as connection_module
+import drbdproxy.relay.connection as connection_module
 from drbdproxy.codecs import Codec
-from drbdproxy.connection import ProxyConnection, State
-from drbdproxy.control.commands import ConnectionSpec
+from drbdproxy.relay.connection import ProxyConnection, State
+from drbdproxy.spec import ConnectionSpec
 from drbdproxy.link import (
     Accepted,
     ClientHandshake,
@@ -45,8 +45,9 @@ from drbdproxy.link import (
     StreamKind,
     new_session,
 )
-from drbdproxy.pipeline import Budget, Encoded, _encode_all
-from drbdproxy.registry import ConnectionRegistry
+from drbdproxy.relay.budget import Budget
+from drbdproxy.relay.encoder import Encoded, _encode_all
+from drbdproxy.control.registry import ConnectionRegistry
 from drbdproxy.relay.links import LinkProtocol
 from drbdproxy.relay.streams import DrbdSocket, InsideFactory
 

@@ -147,3 +147,42 @@ def test_a_link_secret_silences_the_connection_warning(tmp_path, monkeypatch):
     assert warnings_at_start(monkeypatch, "--control", f"unix:{tmp_path}/c.sock",
                              "--drbd-conf", drbd_conf(tmp_path), "--node", "alice",
                              "--link-secret", str(secret)) == []
+
+
+def test_make_service_only_wires(monkeypatch):
+    """makeService builds the service tree and touches nothing of the process: the heap and
+    garbage-collector settings are applied when the daemon starts."""
+    calls = []
+    monkeypatch.setattr(tap, "tune_gc", lambda reactor: calls.append("gc"))
+    monkeypatch.setattr(tap, "tune_malloc", lambda: calls.append("malloc"))
+    top = tap.makeService(parse(), reactor=MemoryReactorClock())
+    assert calls == []
+    [tuning] = [s for s in top if isinstance(s, tap._ProcessTuning)]
+    tuning.startService()
+    assert calls == ["malloc", "gc"]
+
+
+def test_twistd_finds_the_plugin_by_its_name():
+    """twistd discovers `drbd-proxy` through Twisted's plugin system, and the plugin names the
+    module that builds the service (imported only when it is used)."""
+    import twisted.plugins
+    from twisted.application.service import IServiceMaker
+    from twisted.plugin import getPlugins
+
+    makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker, twisted.plugins)}
+    assert makers["drbd-proxy"].module == "drbdproxy.tap"
+    assert makers["drbd-proxy"].options is tap.Options
+
+
+def test_the_manhole_sees_the_snapshots_the_control_protocol_renders(tmp_path, monkeypatch):
+    """The manhole's ``status()`` gives the typed snapshots that `print statistics` and /metrics
+    render, one per connection."""
+    top = build(monkeypatch, "--control", f"unix:{tmp_path}/c.sock",
+                "--drbd-conf", drbd_conf(tmp_path), "--node", "alice")
+    [registry] = [s for s in top if isinstance(s, tap.ConnectionRegistry)]
+    namespace = tap._manhole_namespace(registry, None)
+    [status] = namespace["status"]()
+    assert status.name == "r0-bob-alice" and status.state == "Connecting"
+    statistics = dict(line.split(" ", 1) for line in registry.statistics())
+    assert statistics["r0-bob-alice.memlimit"] == str(status.memlimit)
+    registry.connection("r0-bob-alice").unbind()

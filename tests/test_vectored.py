@@ -9,7 +9,7 @@ from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from drbdproxy.vectored import IOV_MAX, unsent, write_pieces
+from drbdproxy.relay.vectored import IOV_MAX, unsent, write_pieces
 
 
 @pytest.fixture

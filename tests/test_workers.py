@@ -10,8 +10,8 @@ import pytest
 
 from drbdproxy.codecs import codec_for, decode_chunk, parse_plugin
 from drbdproxy.link import data_checksum
-from drbdproxy.pipeline import INLINE_LIMIT, ChunkEncoder, Encoded
-from drbdproxy.workers import Workers
+from drbdproxy.relay.encoder import INLINE_LIMIT, ChunkEncoder, Encoded
+from drbdproxy.relay.workers import Workers
 
 
 class ThreadReactor:

@@ -12,8 +12,8 @@ The one call most callers need::
 :class:`ConfigError` (a ``ValueError``) with a ``FILE:LINE: ...`` message.
 """
 
-from .lexer import ConfigError
-from .model import (
+from drbdproxy.config.lexer import ConfigError
+from drbdproxy.config.model import (
     PROXY_OPTIONS,
     Address,
     Config,
@@ -29,7 +29,7 @@ from .model import (
     Resource,
     parse_size,
 )
-from .parser import load, loads
+from drbdproxy.config.parser import load, loads
 
 __all__ = [
     "PROXY_OPTIONS",

@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from .lexer import ConfigError
+from drbdproxy.config.lexer import ConfigError
 
 __all__ = [
     "Address",

@@ -25,8 +25,8 @@ import ipaddress
 import os
 from pathlib import Path as FsPath
 
-from .lexer import ConfigError, Token, tokenize
-from .model import (
+from drbdproxy.config.lexer import ConfigError, Token, tokenize
+from drbdproxy.config.model import (
     PROXY_OPTIONS,
     Address,
     Config,

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
-from ..units import parse_address, parse_size
+from drbdproxy.spec import COMPRESSION_ON, Address, ConnectionSpec
+from drbdproxy.units import parse_address, parse_size
 
 if TYPE_CHECKING:
-    from .interface import IProxyControl
-
-Address = tuple[str, int]
+    from drbdproxy.control.interface import IProxyControl
 
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 
@@ -69,10 +68,6 @@ def _rate(text: str) -> int:
         return parse_size(body)
     except ValueError:
         raise ValueError(f"bad rate {text!r}: expected bytes/s with an optional k/M/G suffix") from None
-
-
-#: ``compression on`` (lz4), told apart from ``compression 1`` (zstd level 1).
-COMPRESSION_ON = -1
 
 
 def _compression(text: str) -> int:
@@ -125,8 +120,8 @@ OPTIONS: Mapping[str, OptionSpec] = {
     for o in (
         OptionSpec("memlimit", "SIZE", _size(1), "live",
                    "buffer limit, k/M/G; lowering keeps what is buffered"),
-        OptionSpec("read-loops", "N", _integer("read-loops", 1), "live",
-                   "reads from DRBD per reactor turn"),
+        OptionSpec("read-loops", "N", _integer("read-loops", 1), "never",
+                   "accepted for drbdadm, no effect: each read from DRBD takes up to 512 KiB"),
         OptionSpec("compression", "on|off|N", _compression, "live at the next chunk",
                    "compress the link (0/off = no)"),
         OptionSpec("bwlimit", "RATE", _rate, "live",
@@ -161,19 +156,6 @@ class Command:
 
     def call(self, control: IProxyControl) -> Any:
         raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class ConnectionSpec:
-    """What ``add connection`` configures: addresses in drbdadm's argument order, and options."""
-
-    name: str
-    listen_inside: Address
-    connect_peer_outside: Address
-    listen_outside: Address
-    connect_drbd: Address
-    #: option name (as in :data:`OPTIONS`) -> converted value (bytes, bytes/s, count, tenths)
-    options: Mapping[str, int] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)

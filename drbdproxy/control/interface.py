@@ -20,7 +20,7 @@ from typing import Iterable, Optional
 
 from zope.interface import Interface
 
-from .commands import ConnectionSpec
+from drbdproxy.spec import ConnectionSpec
 
 #: What a mutating method returns: nothing, or warnings for the client.
 Warnings = Optional[Iterable[str]]

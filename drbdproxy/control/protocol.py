@@ -19,10 +19,10 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..closing import BoundedClose
-from ..logs import logger
-from .commands import Action, Command, CommandError, parse_command
-from .interface import ControlError, IProxyControl
+from drbdproxy.relay.closing import BoundedClose
+from drbdproxy.admin.logs import logger
+from drbdproxy.control.commands import Action, Command, CommandError, parse_command
+from drbdproxy.control.interface import ControlError, IProxyControl
 
 MAX_LINE = 4096
 IDLE_TIMEOUT = 30.0  # seconds without input before a session is dropped: forgotten sessions free their slot
@@ -123,7 +123,7 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
     once that reply has been delivered (or after :data:`SHUTDOWN_GRACE` seconds).
 
     Every close (``quit``, ``shutdown``, a line too long, the end of input, the client's reading
-    side gone, a refused session) goes through one :class:`~drbdproxy.closing.BoundedClose`: what
+    side gone, a refused session) goes through one :class:`~drbdproxy.relay.closing.BoundedClose`: what
     is buffered may still go out, but a client that does not read is aborted after the factory's
     ``close_timeout`` seconds. The idle timeout aborts at once.
     """

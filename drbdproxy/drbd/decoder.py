@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .header import MAX_PAYLOAD, Header, HeaderVersion, WireError, decode_header, encode
-from .packets import packet_name
+from drbdproxy.drbd.header import (
+    MAX_PAYLOAD,
+    Header,
+    HeaderVersion,
+    WireError,
+    decode_header,
+    encode,
+)
+from drbdproxy.drbd.packets import packet_name
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass, fields
 from typing import ClassVar, Self
 
-from .header import WireError
+from drbdproxy.drbd.header import WireError
 
 
 class PayloadError(WireError):

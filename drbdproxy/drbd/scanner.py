@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .header import MAX_PAYLOAD, Header, WireError, decode_header, header_version
-from .packets import packet_name
+from drbdproxy.drbd.header import MAX_PAYLOAD, Header, WireError, decode_header, header_version
+from drbdproxy.drbd.packets import packet_name
 
 _MAX_HEADER = 16
 

@@ -4,8 +4,8 @@ Nothing in this package knows about sockets, Twisted or DRBD semantics. ``docs/l
 is the specification; this package implements it.
 """
 
-from .auth import load_secret
-from .frames import (
+from drbdproxy.link.auth import load_secret
+from drbdproxy.link.frames import (
     AUTH_PROOF_SIZE,
     CODEC_RAW,
     DATA_PREFIX_SIZE,
@@ -46,7 +46,7 @@ from .frames import (
     frame_header_size,
     stream_id_side,
 )
-from .handshake import (
+from drbdproxy.link.handshake import (
     Accepted,
     ClientHandshake,
     Lookup,
@@ -58,7 +58,7 @@ from .handshake import (
     new_nonce,
     new_session,
 )
-from .parser import LinkDecoder, LinkError, Phase
+from drbdproxy.link.parser import LinkDecoder, LinkError, Phase
 
 __all__ = [
     "AUTH_PROOF_SIZE", "Auth", "Pending", "load_secret",

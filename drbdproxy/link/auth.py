@@ -29,7 +29,7 @@ import hmac
 import os
 import stat
 
-from .frames import AUTH_PROOF_SIZE, Hello, Side, Welcome
+from drbdproxy.link.frames import AUTH_PROOF_SIZE, Hello, Side, Welcome
 
 LABEL_SIZE = 24
 LABELS = {

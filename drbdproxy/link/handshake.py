@@ -54,8 +54,8 @@ import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .auth import check_secret, make_proof, verify_proof
-from .frames import (
+from drbdproxy.link.auth import check_secret, make_proof, verify_proof
+from drbdproxy.link.frames import (
     DATA_PREFIX_SIZE,
     IMPLEMENTED_FEATURES,
     MAX_DATA_CHUNK,
@@ -77,7 +77,7 @@ from .frames import (
     Side,
     Welcome,
 )
-from .parser import LinkDecoder
+from drbdproxy.link.parser import LinkDecoder
 
 #: ``lookup(name, role, session)``: None to accept the link, or why it is refused. For a control
 #: link ``session`` is new (refuse DUPLICATE_CONTROL if the connection already has a live one);

@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass
 from enum import Enum
 
-from .frames import (
+from drbdproxy.link.frames import (
     AUTH_PROOF_SIZE,
     DATA_PREFIX,
     DATA_PREFIX_SIZE,

@@ -15,9 +15,9 @@ from twisted.internet.interfaces import IHandshakeListener
 from zope.interface import implementer
 from twisted.python.failure import Failure
 
-from ..closing import BoundedClose
-from ..logs import logger
-from ..link import (
+from drbdproxy.relay.closing import BoundedClose
+from drbdproxy.admin.logs import logger
+from drbdproxy.link import (
     Accepted,
     ClientHandshake,
     Data,
@@ -30,8 +30,9 @@ from ..link import (
     ServerHandshake,
     Side,
 )
-from ..pipeline import Budget, FrameWriter, PauseReasons
-from .streams import TRANSPORT_BUFFER, tune_transport
+from drbdproxy.relay.budget import Budget
+from drbdproxy.relay.writer import FrameWriter, PauseReasons
+from drbdproxy.relay.sockets import TRANSPORT_BUFFER, tune_transport
 
 #: Raw bytes of DATA frames a link still hands on once reading is paused mid-read: what one
 #: read of raw frames can complete (its own bytes and the rest of a frame begun in the read
@@ -88,8 +89,6 @@ class LinkProtocol(protocol.Protocol):
         self._closer = BoundedClose(owner.clock)
         self._lost = False
         self._whenClosed: list[Deferred[None]] = []
-        self.bytes_in = 0
-        self.bytes_out = 0
 
     def __repr__(self) -> str:
         role = self.role.name.lower() if self.role else "?"
@@ -117,7 +116,6 @@ class LinkProtocol(protocol.Protocol):
             self.fail(f"TLS: {problem}")
 
     def dataReceived(self, data: bytes) -> None:
-        self.bytes_in += len(data)
         self.owner.linkActivity(self)
         self._backlog.extend(self._decoder.feed(data))
         self._handleBacklog()

@@ -8,35 +8,60 @@ in the connection's budget), and DATA frames from the peer are checked and writt
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol as TypingProtocol
 
 from twisted.internet import protocol
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.interfaces import IConnector, IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IConnector, IDelayedCall, IPushProducer, IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..closing import BoundedClose
-from ..logs import logger
-from ..codecs import RAW_CODEC, CodecError, decode_chunk
-from ..drbd.header import encode_h80
-from ..drbd.packets import Cmd
-from ..drbd.scanner import PacketScanner
-from ..link import CloseReason, Data, ErrorCode, LinkProtocolError, StreamKind
-from ..pipeline import Discarded, Encoded, chunks
-from ..vectored import write_pieces
+from drbdproxy.relay.closing import BoundedClose
+from drbdproxy.admin.logs import logger
+from drbdproxy.codecs import RAW_CODEC, Codec, CodecError, decode_chunk
+from drbdproxy.drbd.header import encode_h80
+from drbdproxy.drbd.packets import Cmd
+from drbdproxy.drbd.scanner import PacketScanner
+from drbdproxy.link import CloseReason, Data, ErrorCode, LinkProtocolError, LinkRole, StreamKind
+from drbdproxy.relay.budget import Budget
+from drbdproxy.relay.encoder import ChunkEncoder, Encoded, chunks
+from drbdproxy.relay.sockets import TRANSPORT_BUFFER, tune_transport
+from drbdproxy.relay.writer import Discarded, FrameWriter, PauseReasons
+from drbdproxy.relay.vectored import write_pieces
 
-if TYPE_CHECKING:
-    from ..connection import ProxyConnection
-    from .links import LinkProtocol
+
+class StreamLink(TypingProtocol):
+    """What a stream uses of its link: the writer its frames go to, the reading it may pause."""
+
+    role: LinkRole | None
+    writer: FrameWriter | None
+    reading: PauseReasons | None
+
+
+class StreamOwner(TypingProtocol):
+    """What a stream asks of the connection it belongs to."""
+
+    name: str
+    budget: Budget
+    encoder: ChunkEncoder
+
+    @property
+    def clock(self) -> IReactorTime: ...
+    @property
+    def close_timeout(self) -> float: ...
+    @property
+    def codec(self) -> Codec: ...
+    def max_chunk(self, link: StreamLink) -> int: ...
+    def acceptsDrbd(self) -> bool: ...
+    def openStream(self, kind: StreamKind, sock: DrbdSocket) -> Stream | None: ...
+    def streamAttached(self, stream: Stream) -> None: ...
+    def streamGone(self, stream: Stream) -> None: ...
+    def tellPeerClosed(self, stream: Stream, reason: CloseReason, message: str = "") -> None: ...
 
 _INITIAL_DATA = encode_h80(Cmd.P_INITIAL_DATA, 0)
 _INITIAL_META = encode_h80(Cmd.P_INITIAL_META, 0)
 #: Bytes a stream may hold for a DRBD socket that is still connecting before the link pauses.
 _PENDING_LIMIT = 256 << 10
-#: Read size and write-buffer mark of every transport on the data path. Twisted's 64 KiB means
-#: four times the per-read Python work.
-TRANSPORT_BUFFER = 256 << 10
 #: Read size (and write-buffer mark) of DRBD's sockets: a read of DRBD's data costs the same
 #: Python work whatever its size, and is split into DATA frames of at most CHUNK_LIMIT, which all
 #: go to one compression job. One read past memlimit is the fixed slack. (1 MiB measured a
@@ -48,13 +73,6 @@ DRBD_READ = 512 << 10
 CHUNK_LIMIT = TRANSPORT_BUFFER
 
 
-def tune_transport(transport: Any, read_size: int = TRANSPORT_BUFFER) -> None:
-    """Every data-path socket: no Nagle delay, ``read_size`` per read and as the write-buffer
-    mark, TRANSPORT_BUFFER per send() (Twisted's SEND_LIMIT of 128 KiB would halve every 256 KiB
-    frame)."""
-    transport.setTcpNoDelay(True)
-    transport.bufferSize = read_size
-    transport.SEND_LIMIT = TRANSPORT_BUFFER
 
 
 #: tcpi_state values of a socket whose peer has closed (FIN received) or reset it.
@@ -109,7 +127,7 @@ class InsideAcceptor:
 
     _log = logger()
 
-    def __init__(self, connection: ProxyConnection) -> None:
+    def __init__(self, connection: StreamOwner) -> None:
         self._connection = connection
         self._first = b""
         self._silence: IDelayedCall | None = None
@@ -197,7 +215,7 @@ class Stream:
 
     _log = logger()
 
-    def __init__(self, connection: ProxyConnection, link: LinkProtocol, sid: int,
+    def __init__(self, connection: StreamOwner, link: StreamLink, sid: int,
                  kind: StreamKind) -> None:
         self.connection = connection
         self.link = link
@@ -431,7 +449,7 @@ class InsideFactory(protocol.ServerFactory):
 
     noisy = False  # they start and stop with every DRBD socket and link: not news
 
-    def __init__(self, connection: ProxyConnection) -> None:
+    def __init__(self, connection: StreamOwner) -> None:
         self.connection = connection
 
     def buildProtocol(self, addr: Any) -> DrbdSocket:

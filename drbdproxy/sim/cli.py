@@ -7,12 +7,12 @@ import json
 import sys
 from typing import Any, NoReturn, Sequence
 
-from ..collector import tune_gc
-from ..drbd.payloads import WireProtocol
-from ..malloc import tune_malloc
-from ..units import parse_address, parse_size
-from .config import SimConfig
-from .workload import MAX_BLOCK, STAMP, WORKLOADS
+from drbdproxy.runtime.collector import tune_gc
+from drbdproxy.drbd.payloads import WireProtocol
+from drbdproxy.runtime.malloc import tune_malloc
+from drbdproxy.units import parse_address, parse_size
+from drbdproxy.sim.config import SimConfig
+from drbdproxy.sim.workload import MAX_BLOCK, STAMP, WORKLOADS
 
 DESCRIPTION = """\
 A userspace DRBD peer speaking the DRBD 8.4 dialect (protocol 86-101, h100 headers).
@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from .node import Node, stderr_log
+    from drbdproxy.sim.node import Node, stderr_log
 
     tune_gc(reactor)
     # Only Twisted's own warnings and unhandled errors: the sim's events are its stderr lines.

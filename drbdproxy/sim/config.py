@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..drbd.payloads import WireProtocol
+from drbdproxy.drbd.payloads import WireProtocol
 
 
 @dataclass(frozen=True)

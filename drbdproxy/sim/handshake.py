@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..drbd.decoder import Packet
-from ..drbd.packets import Cmd
-from ..drbd.payloads import (
+from drbdproxy.drbd.decoder import Packet
+from drbdproxy.drbd.packets import Cmd
+from drbdproxy.drbd.payloads import (
     FF_THIN_RESYNC,
     FF_TRIM,
     FF_WSAME,

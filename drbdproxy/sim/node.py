@@ -10,17 +10,23 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from ..drbd.decoder import Packet
-from ..drbd.header import WireError
-from ..drbd.packets import Cmd, Sock
-from ..drbd.payloads import ConnState
-from .config import SimConfig
-from .handshake import FEATURES, Handshake, HandshakeError, parameter_packets, state_packet
-from .primary import PrimaryStream, ProtocolViolation
-from .report import Stats, build_report
-from .secondary import SecondaryVerifier, VerificationError
-from .sockets import DrbdSocket, Establisher
-from .workload import STAMP, WORKLOADS, Workload
+from drbdproxy.drbd.decoder import Packet
+from drbdproxy.drbd.header import WireError
+from drbdproxy.drbd.packets import Cmd, Sock
+from drbdproxy.drbd.payloads import ConnState
+from drbdproxy.sim.config import SimConfig
+from drbdproxy.sim.handshake import (
+    FEATURES,
+    Handshake,
+    HandshakeError,
+    parameter_packets,
+    state_packet,
+)
+from drbdproxy.sim.primary import PrimaryStream, ProtocolViolation
+from drbdproxy.sim.report import Stats, build_report
+from drbdproxy.sim.secondary import SecondaryVerifier, VerificationError
+from drbdproxy.sim.sockets import DrbdSocket, Establisher
+from drbdproxy.sim.workload import STAMP, WORKLOADS, Workload
 
 
 def stderr_log(role: str) -> Callable[[str], None]:

@@ -9,9 +9,9 @@ from typing import Callable
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from zope.interface import implementer
 
-from ..drbd.decoder import Packet
-from ..drbd.packets import Cmd
-from ..drbd.payloads import (
+from drbdproxy.drbd.decoder import Packet
+from drbdproxy.drbd.packets import Cmd
+from drbdproxy.drbd.payloads import (
     DP_RW_SYNC,
     DP_SEND_RECEIVE_ACK,
     DP_SEND_WRITE_ACK,
@@ -26,10 +26,10 @@ from ..drbd.payloads import (
     cookie_value,
     host_cookie,
 )
-from .config import SimConfig
-from .report import Stats
-from .sockets import DrbdSocket
-from .workload import Workload, next_sector
+from drbdproxy.sim.config import SimConfig
+from drbdproxy.sim.report import Stats
+from drbdproxy.sim.sockets import DrbdSocket
+from drbdproxy.sim.workload import Workload, next_sector
 
 #: Bytes written per reactor turn before yielding, so acks and pings are read in time.
 _TURN_BUDGET = 2 << 20

@@ -6,9 +6,9 @@ from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
 
-from ..drbd.decoder import Packet
-from ..drbd.packets import Cmd
-from ..drbd.payloads import (
+from drbdproxy.drbd.decoder import Packet
+from drbdproxy.drbd.packets import Cmd
+from drbdproxy.drbd.payloads import (
     DP_SEND_RECEIVE_ACK,
     DP_SEND_WRITE_ACK,
     SS_SUCCESS,
@@ -19,10 +19,10 @@ from ..drbd.payloads import (
     ReqState,
     ReqStateReply,
 )
-from .primary import ProtocolViolation
-from .report import Stats
-from .sockets import DrbdSocket
-from .workload import Workload, next_sector
+from drbdproxy.sim.primary import ProtocolViolation
+from drbdproxy.sim.report import Stats
+from drbdproxy.sim.sockets import DrbdSocket
+from drbdproxy.sim.workload import Workload, next_sector
 
 
 class VerificationError(Exception):

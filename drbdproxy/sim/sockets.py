@@ -15,11 +15,11 @@ from twisted.internet import protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
 from twisted.python.failure import Failure
 
-from ..drbd.decoder import Packet, PacketDecoder, StreamError
-from ..drbd.header import HeaderVersion, encode_h80, encode_header
-from ..drbd.packets import Cmd, Sock, packet_name, socket_of_initial
-from ..units import address_bytes
-from ..vectored import write_pieces
+from drbdproxy.drbd.decoder import Packet, PacketDecoder, StreamError
+from drbdproxy.drbd.header import HeaderVersion, encode_h80, encode_header
+from drbdproxy.drbd.packets import Cmd, Sock, packet_name, socket_of_initial
+from drbdproxy.units import address_bytes
+from drbdproxy.relay.vectored import write_pieces
 
 #: Read size and write-buffer mark of a simulated DRBD socket.
 SOCKET_BUFFER = 512 << 10

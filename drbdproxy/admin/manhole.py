@@ -47,7 +47,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .endpoints import check_endpoint as _check_endpoint
+from drbdproxy.admin.endpoints import check_endpoint as _check_endpoint
 
 DEFAULT_ENDPOINT = "tcp:6022:interface=127.0.0.1"
 HOST_KEY_NAME = "manhole_host_ed25519_key"

@@ -1,8 +1,8 @@
 """Prometheus text exposition at ``/metrics``, read from the connection registry at each scrape.
 
-A custom collector (no global mutable gauges): every scrape walks
-``registry.connections_by_name`` on the reactor thread, so values are always those of that moment
-and a removed connection simply disappears. Metrics, all labelled ``connection``:
+A custom collector (no global mutable gauges): every scrape renders ``registry.status()``, taken
+on the reactor thread, so values are always those of that moment and a removed connection simply
+disappears. Metrics, all labelled ``connection``:
 
 - ``drbdproxy_connection_state{state}`` gauge: 1 for the current state, 0 for the others
 - ``drbdproxy_buffered_bytes`` gauge: DRBD data buffered now
@@ -19,8 +19,7 @@ and a removed connection simply disappears. Metrics, all labelled ``connection``
 - ``drbdproxy_bytes_total{socket,direction}`` counter: DRBD bytes, uncompressed
 - ``drbdproxy_wire_bytes_total{socket,direction}`` counter: the same on the proxy-to-proxy link
 - ``drbdproxy_compression_ratio{socket,direction}`` gauge: bytes / wire bytes (absent at 0 wire)
-- ``drbdproxy_packets_total{socket,direction,type}`` counter: DRBD packets per type, for
-  connections that have ``packet_counts()``
+- ``drbdproxy_packets_total{socket,direction,type}`` counter: DRBD packets per type
 
 ``socket`` is the DRBD socket kind (``data``, ``meta``, ``opaque``), ``direction`` ``to_peer`` or
 ``from_peer``. Counters restart from 0 when a connection is deleted and added again, which
@@ -41,12 +40,14 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from . import __version__
-from .endpoints import check_endpoint as _check_endpoint
+from drbdproxy import __version__
+from drbdproxy.relay.connection import State
+from drbdproxy.status import ConnectionStatus, Totals
+from drbdproxy.admin.endpoints import check_endpoint as _check_endpoint
 
 DEFAULT_ENDPOINT = "tcp:9942:interface=127.0.0.1"
 #: Connection states, as ``ProxyConnection.state`` names them.
-STATES = ("Connecting", "ProxyConnected", "Connected")
+STATES = (State.CONNECTING, State.PROXY_CONNECTED, State.CONNECTED)
 DIRECTIONS = ("to_peer", "from_peer")
 
 _log = Logger()
@@ -87,43 +88,38 @@ def _families() -> dict[str, _Family]:
 
 
 class RegistryCollector(Collector):
-    """Reads a ``ConnectionRegistry`` (anything with ``connections_by_name``) at each scrape."""
+    """Reads a ``ConnectionRegistry`` (anything with ``status()``) at each scrape."""
 
     def __init__(self, registry: Any) -> None:
         self._registry = registry
 
     def collect(self) -> Iterable[Metric]:
         families = _families()
-        for conn in self._registry.connections_by_name:
-            _add_connection(families, conn)
+        for status in self._registry.status():
+            _add_connection(families, status)
         info = GaugeMetricFamily("drbdproxy_build_info", "drbdproxy version", labels=["version"])
         info.add_metric([__version__], 1)
         return [info, *families.values()]
 
 
-def _add_connection(f: dict[str, _Family], conn: Any) -> None:
-    name = conn.name
-    for state in _states(conn.state):
-        f["drbdproxy_connection_state"].add_metric([name, state], int(state == conn.state))
-    budget = conn.budget
-    f["drbdproxy_buffered_bytes"].add_metric([name], budget.used)
-    f["drbdproxy_memlimit_bytes"].add_metric([name], budget.limit)
-    f["drbdproxy_buffered_peak_bytes"].add_metric([name], budget.peak)
-    f["drbdproxy_drbd_reads_paused"].add_metric([name], int(bool(budget.paused)))
-    pauses = getattr(budget, "pauses", None)
-    if pauses is not None:
-        f["drbdproxy_drbd_read_pauses"].add_metric([name], pauses)
-    f["drbdproxy_drbd_sockets"].add_metric([name], len(conn.streams))
-    f["drbdproxy_reconnects"].add_metric([name], conn.reconnects)
-    for direction, count in zip(DIRECTIONS, conn.discarded()):
+def _add_connection(f: dict[str, _Family], c: ConnectionStatus) -> None:
+    name = c.name
+    for state in _states(c.state):
+        f["drbdproxy_connection_state"].add_metric([name, state], int(state == c.state))
+    f["drbdproxy_buffered_bytes"].add_metric([name], c.buffered)
+    f["drbdproxy_memlimit_bytes"].add_metric([name], c.memlimit)
+    f["drbdproxy_buffered_peak_bytes"].add_metric([name], c.buffered_peak)
+    f["drbdproxy_drbd_reads_paused"].add_metric([name], int(c.reads_paused))
+    f["drbdproxy_drbd_read_pauses"].add_metric([name], c.read_pauses)
+    f["drbdproxy_drbd_sockets"].add_metric([name], len(c.streams))
+    f["drbdproxy_reconnects"].add_metric([name], c.reconnects)
+    for direction, count in zip(DIRECTIONS, (c.discarded_to_peer, c.discarded_from_peer)):
         f["drbdproxy_discarded_bytes"].add_metric([name, direction], count)
-    if conn.link_rtt_ms is not None:
-        f["drbdproxy_link_rtt_seconds"].add_metric([name], conn.link_rtt_ms / 1000)
-    _add_totals(f, name, conn.totals())
-    packet_counts = getattr(conn, "packet_counts", None)
-    if packet_counts is not None:
-        for (kind, direction, packet), count in sorted(packet_counts().items()):
-            f["drbdproxy_packets"].add_metric([name, kind, direction, packet], count)
+    if c.link_rtt_ms is not None:
+        f["drbdproxy_link_rtt_seconds"].add_metric([name], c.link_rtt_ms / 1000)
+    _add_totals(f, name, c.totals)
+    for (kind, direction, packet), count in sorted(c.packets.items()):
+        f["drbdproxy_packets"].add_metric([name, kind, direction, packet], count)
 
 
 def _states(current: str) -> Iterator[str]:
@@ -132,7 +128,7 @@ def _states(current: str) -> Iterator[str]:
         yield current  # a state added later still shows as 1
 
 
-def _add_totals(f: dict[str, _Family], name: str, totals: dict[str, dict[str, int]]) -> None:
+def _add_totals(f: dict[str, _Family], name: str, totals: Totals) -> None:
     for kind, counters in sorted(totals.items()):
         for direction in DIRECTIONS:
             raw = counters.get(direction, 0)

@@ -10,17 +10,19 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
-from . import __version__, logs
-from .codecs import PluginError, parse_plugin
-from .connection import Network, ProxyConnection
-from .control.commands import ConnectionSpec
-from .control.interface import ControlError, IProxyControl
-from .logs import logger
-from .malloc import HeapTrimmer, resident_bytes, trim_heap
-from .pipeline import ChunkEncoder
-from .tls import TlsConfig
-from .units import format_address, format_size
-from .workers import Workers
+from drbdproxy import __version__
+from drbdproxy.admin import logs
+from drbdproxy.codecs import PluginError, parse_plugin
+from drbdproxy.relay.connection import Network, ProxyConnection
+from drbdproxy.status import ConnectionStatus
+from drbdproxy.spec import ConnectionSpec
+from drbdproxy.control.interface import ControlError, IProxyControl
+from drbdproxy.admin.logs import logger
+from drbdproxy.runtime.malloc import HeapTrimmer, resident_bytes, trim_heap
+from drbdproxy.relay.encoder import ChunkEncoder
+from drbdproxy.relay.tls import TlsConfig
+from drbdproxy.units import format_address, format_size
+from drbdproxy.relay.workers import Workers
 
 #: Seconds between looks at whether drained buffers should go back to the kernel.
 TRIM_INTERVAL = 2.0
@@ -197,78 +199,80 @@ class ConnectionRegistry(MultiService):
         lines.append("}")
         return lines
 
+    def status(self) -> list[ConnectionStatus]:
+        """Every connection as it is now, by name: what every view renders."""
+        return [c.status() for c in self.connections_by_name]
+
     def memusage(self, human: bool) -> Iterable[str]:
         size = format_size if human else str
-        for c in self.connections_by_name:
-            b = c.budget
-            reads = "paused" if b.paused else "running"
-            drain = c.drain.drain_seconds(b.used)
+        for c in self.status():
+            reads = "paused" if c.reads_paused else "running"
+            drain = c.drain_seconds
             drain_text = f"{drain:.1f}s" if drain is not None else "unknown"
             # LINBIT's advice: DRBD's congestion-fill at 90 % of the proxy's buffer.
-            yield (f"{c.name}: buffered {size(b.used)} memlimit {size(b.limit)}"
-                   f" peak {size(b.peak)} drbd-reads {reads} drain-time {drain_text}"
-                   f" congestion-fill {size(b.limit * 9 // 10)}")
+            yield (f"{c.name}: buffered {size(c.buffered)} memlimit {size(c.memlimit)}"
+                   f" peak {size(c.buffered_peak)} drbd-reads {reads} drain-time {drain_text}"
+                   f" congestion-fill {size(c.memlimit * 9 // 10)}")
             if drain is not None and drain > KO_SECONDS:
                 yield (f"{c.name}: warning: draining the buffer takes {drain:.0f}s, more than"
                        f" DRBD's default ko-count x timeout ({KO_SECONDS}s): DRBD may drop"
                        " the connection; lower memlimit or use on-congestion pull-ahead")
-            out_of_sync = c.out_of_sync()
-            if out_of_sync:
-                yield (f"{c.name}: DRBD pulled ahead: {out_of_sync} P_OUT_OF_SYNC sent"
+            if c.out_of_sync:
+                yield (f"{c.name}: DRBD pulled ahead: {c.out_of_sync} P_OUT_OF_SYNC sent"
                        " (Ahead/Behind); a resync follows when the buffer drains")
 
     def connections(self, human: bool) -> Iterable[str]:
-        for c in self.connections_by_name:
+        for c in self.status():
             rtt = f" link-rtt {c.link_rtt_ms:.1f}ms" if c.link_rtt_ms is not None else ""
             yield f"{c.name}: {c.state} reconnects {c.reconnects}{rtt}"
 
     def subconnections(self, human: bool) -> Iterable[str]:
         size = format_size if human else str
-        for c in self.connections_by_name:
-            for s in sorted(c.streams.values(), key=lambda s: (s.kind, s.sid)):
-                yield (f"{c.name} {s.name} stream {s.sid} drbd {s.peer}:"
+        for c in self.status():
+            for s in c.streams:
+                yield (f"{c.name} {s.kind} stream {s.sid} drbd {s.peer}:"
                        f" to-peer {size(s.to_peer)} (wire {size(s.to_peer_wire)},"
                        f" ratio {_ratio(s.to_peer, s.to_peer_wire)})"
                        f" from-peer {size(s.from_peer)} (wire {size(s.from_peer_wire)},"
                        f" ratio {_ratio(s.from_peer, s.from_peer_wire)})")
 
     def details(self) -> Iterable[str]:
-        for c in self.connections_by_name:
-            for s in sorted(c.streams.values(), key=lambda s: (s.kind, s.sid)):
+        for c in self.status():
+            for s in c.streams:
                 opaque = f" opaque: {s.opaque}" if s.opaque else ""
-                yield f"{c.name} {s.name} stream {s.sid} drbd {s.peer}{opaque}"
-                for label, scanner in (("to-peer", s.scan_to_peer), ("from-peer", s.scan_from_peer)):
-                    counts = " ".join(f"{n} {k}" for n, k in sorted(scanner.counts.items()))
-                    yield f"  {label:9} {counts or '-'}"
+                yield f"{c.name} {s.kind} stream {s.sid} drbd {s.peer}{opaque}"
+                for label, counts in (("to-peer", s.packets_to_peer),
+                                      ("from-peer", s.packets_from_peer)):
+                    text = " ".join(f"{n} {k}" for n, k in sorted(counts.items()))
+                    yield f"  {label:9} {text or '-'}"
 
     def statistics(self) -> Iterable[str]:
-        for c in self.connections_by_name:
+        for c in self.status():
             yield f"{c.name}.state {c.state}"
-            yield f"{c.name}.memlimit {c.budget.limit}"
-            yield f"{c.name}.bwlimit {c.settings.options.get('bwlimit', 0)}"
-            yield f"{c.name}.codec {c.codec.describe().replace(' ', '-')}"
-            yield f"{c.name}.buffered {c.budget.used}"
-            yield f"{c.name}.buffered_peak {c.budget.peak}"
+            yield f"{c.name}.memlimit {c.memlimit}"
+            yield f"{c.name}.bwlimit {c.bwlimit}"
+            yield f"{c.name}.codec {c.codec.replace(' ', '-')}"
+            yield f"{c.name}.buffered {c.buffered}"
+            yield f"{c.name}.buffered_peak {c.buffered_peak}"
             rtt = f"{c.link_rtt_ms:.3f}" if c.link_rtt_ms is not None else "-"
             yield f"{c.name}.link_rtt_ms {rtt}"
-            rate = f"{c.drain.rate:.0f}" if c.drain.rate is not None else "-"
+            rate = f"{c.drain_rate:.0f}" if c.drain_rate is not None else "-"
             yield f"{c.name}.link_rate_bytes_per_s {rate}"
-            drain = c.drain.drain_seconds(c.budget.used)
-            yield f"{c.name}.drain_seconds {drain:.3f}" if drain is not None else f"{c.name}.drain_seconds -"
-            yield f"{c.name}.out_of_sync {c.out_of_sync()}"
+            drain = f"{c.drain_seconds:.3f}" if c.drain_seconds is not None else "-"
+            yield f"{c.name}.drain_seconds {drain}"
+            yield f"{c.name}.out_of_sync {c.out_of_sync}"
             yield f"{c.name}.reconnects {c.reconnects}"
             yield f"{c.name}.dropped_after_close_bytes {c.dropped_after_close}"
-            discarded_to, discarded_from = c.discarded()
-            yield f"{c.name}.discarded_bytes {discarded_to + discarded_from}"
-            yield f"{c.name}.discarded.to_peer_bytes {discarded_to}"
-            yield f"{c.name}.discarded.from_peer_bytes {discarded_from}"
-            for kind, t in sorted(c.totals().items()):
+            yield f"{c.name}.discarded_bytes {c.discarded_to_peer + c.discarded_from_peer}"
+            yield f"{c.name}.discarded.to_peer_bytes {c.discarded_to_peer}"
+            yield f"{c.name}.discarded.from_peer_bytes {c.discarded_from_peer}"
+            for kind, t in sorted(c.totals.items()):
                 prefix = f"{c.name}.{kind}"
                 yield f"{prefix}.to_peer.bytes {t['to_peer']}"
                 yield f"{prefix}.to_peer.wire_bytes {t['to_peer_wire']}"
                 yield f"{prefix}.from_peer.bytes {t['from_peer']}"
                 yield f"{prefix}.from_peer.wire_bytes {t['from_peer_wire']}"
-            for (kind, direction, name), count in sorted(c.packet_counts().items()):
+            for (kind, direction, name), count in sorted(c.packets.items()):
                 yield f"{c.name}.{kind}.{direction}.packets.{name} {count}"
 
     def version(self) -> Iterable[str]:

@@ -13,7 +13,6 @@ import random
 import socket
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.service import Service
@@ -21,10 +20,11 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.task import LoopingCall
 
-from .logs import Summarised, logger
-from .codecs import Codec, CodecId, PluginSpec, codec_for, compression_option
-from .control.commands import COMPRESSION_ON, ConnectionSpec
-from .link import (
+from drbdproxy.admin.logs import Summarised, logger
+from drbdproxy.codecs import Codec, CodecId, codec_for
+from drbdproxy.spec import ConnectionSpec, Settings
+from drbdproxy.status import ConnectionStatus, StreamStatus
+from drbdproxy.link import (
     Accepted,
     ClientHandshake,
     Close,
@@ -49,15 +49,19 @@ from .link import (
     StreamKind,
     new_session,
 )
-from .pipeline import Budget, ChunkEncoder, DrainRate
-from .tls import TlsConfig, check_peer
-from .relay.links import LinkClientFactory, LinkProtocol, LinkServerFactory
-from .relay.sockets import connect_from, listen_shared
-from .relay.streams import DrbdConnectFactory, DrbdSocket, InsideFactory, Stream, format_peer
+from drbdproxy.relay.budget import Budget, DrainRate
+from drbdproxy.relay.encoder import ChunkEncoder
+from drbdproxy.relay.tls import TlsConfig, check_peer
+from drbdproxy.relay.links import LinkClientFactory, LinkProtocol, LinkServerFactory
+from drbdproxy.relay.sockets import connect_from, listen_shared
+from drbdproxy.relay.streams import (
+    DrbdConnectFactory,
+    DrbdSocket,
+    InsideFactory,
+    Stream,
+    format_peer,
+)
 
-DEFAULT_MEMLIMIT = 16 << 20
-#: ping-timeout (tenths of a second) of the proxy-to-proxy link when none is set.
-DEFAULT_PING_TIMEOUT = 100
 #: Every codec this proxy can decompress, announced in the handshake.
 DECODABLE = tuple(int(c) for c in CodecId)
 _BACKOFF_MIN, _BACKOFF_MAX = 0.2, 10.0
@@ -107,47 +111,6 @@ class State:
     CONNECTING = "Connecting"
     PROXY_CONNECTED = "ProxyConnected"
     CONNECTED = "Connected"
-
-
-@dataclass
-class Settings:
-    """What ``set ...`` and ``add connection --opt=value`` configure for a connection."""
-
-    memlimit: int = DEFAULT_MEMLIMIT
-    options: dict[str, int] = field(default_factory=dict)
-    #: The explicit plugin list (``set plugin``), exactly as drbdadm sent it.
-    plugins: list[PluginSpec] = field(default_factory=list)
-
-    def apply(self, option: str, value: int) -> None:
-        """Set one option.
-
-        :raises PluginError: a compression value that names no codec.
-        """
-        if option == "memlimit":
-            self.memlimit = value
-            return
-        if option == "compression":
-            compression_option(self._compression_word(value))  # refuse a bad value now
-        self.options[option] = value
-
-    @staticmethod
-    def _compression_word(value: int) -> str:
-        return "on" if value == COMPRESSION_ON else str(value)
-
-    @property
-    def effective_plugins(self) -> list[PluginSpec]:
-        """What compresses: the explicit plugins, else the ``compression`` option's codec.
-
-        drbdadm keeps the two apart (adjust compares only the plugin list), and so do we.
-        """
-        if self.plugins or "compression" not in self.options:
-            return self.plugins
-        return compression_option(self._compression_word(self.options["compression"]))
-
-    @property
-    def ping_timeout(self) -> float:
-        return self.options.get("ping-timeout", DEFAULT_PING_TIMEOUT) / 10
-
 
 
 class ProxyConnection(Service):
@@ -687,6 +650,28 @@ class ProxyConnection(Service):
         for stream in self.streams.values():
             _addCounters(result.setdefault(stream.name, {}), stream)
         return result
+
+    def status(self) -> ConnectionStatus:
+        """This connection as it is now, for the control protocol, metrics and the manhole."""
+        budget = self.budget
+        to_peer, from_peer = self.discarded()
+        streams = sorted(self.streams.values(), key=lambda s: (s.kind, s.sid))
+        return ConnectionStatus(
+            name=self.name, spec=self.spec, state=self.state, memlimit=budget.limit,
+            bwlimit=self.settings.options.get("bwlimit", 0), codec=self.codec.describe(),
+            buffered=budget.used, buffered_peak=budget.peak, reads_paused=budget.paused,
+            read_pauses=budget.pauses, reconnects=self.reconnects, link_rtt_ms=self.link_rtt_ms,
+            drain_rate=self.drain.rate, drain_seconds=self.drain.drain_seconds(budget.used),
+            out_of_sync=self.out_of_sync(), dropped_after_close=self.dropped_after_close,
+            discarded_to_peer=to_peer, discarded_from_peer=from_peer, totals=self.totals(),
+            packets=dict(self.packet_counts()),
+            streams=tuple(StreamStatus(
+                kind=s.name, sid=s.sid, peer=s.peer, to_peer=s.to_peer,
+                to_peer_wire=s.to_peer_wire, from_peer=s.from_peer,
+                from_peer_wire=s.from_peer_wire, opaque=s.opaque,
+                packets_to_peer=dict(s.scan_to_peer.counts),
+                packets_from_peer=dict(s.scan_from_peer.counts)) for s in streams),
+        )
 
     def discarded(self) -> tuple[int, int]:
         """Raw bytes discarded so far (to the peer, from the peer), live streams included."""

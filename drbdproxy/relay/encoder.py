@@ -1,0 +1,77 @@
+"""Chunks of DRBD's reads, compressed and checksummed off the reactor thread.
+
+:func:`chunks` splits a read into DATA-frame-sized pieces without copying; a
+:class:`ChunkEncoder` compresses them (raw and small ones inline, the rest in worker threads)
+into :class:`Encoded` payloads for the link's :class:`~drbdproxy.relay.writer.FrameWriter`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred
+
+from drbdproxy.codecs import RAW_CODEC, Codec, encode_chunk
+from drbdproxy.link import data_checksum
+from drbdproxy.relay.workers import Workers
+
+
+@dataclass
+class Encoded:
+    """A chunk ready for a DATA frame."""
+
+    codec: int
+    raw_length: int
+    crc32c: int
+    payload: bytes | memoryview
+
+
+#: Below this a read is compressed on the reactor thread: a thread hop would cost more, and
+#: small reads are DRBD's meta traffic, which must not wait behind compression work.
+INLINE_LIMIT = 16 << 10
+
+
+def _encode(codec: Codec, data: bytes | memoryview) -> Encoded:
+    crc = data_checksum(data)
+    if codec.id == RAW_CODEC.id:
+        return Encoded(0, len(data), crc, data)
+    codec_id, payload = encode_chunk(codec, data)
+    return Encoded(codec_id, len(data), crc, payload)
+
+
+def _encode_all(codec: Codec, pieces: list[bytes | memoryview]) -> list[Encoded]:
+    return [_encode(codec, piece) for piece in pieces]
+
+
+class ChunkEncoder:
+    """Compresses and checksums chunks off the reactor thread, except small and raw ones.
+
+    A raw chunk only needs its CRC-32C (tens of GB/s): a thread hop would cost more than that.
+    All chunks of one DRBD read go to a worker as one job: one hand-off each way per read, not
+    per chunk, and on a saturated machine every hand-off is a few futex calls and a GIL switch.
+    """
+
+    def __init__(self, workers: Workers) -> None:
+        self._workers = workers
+
+    def encodeAll(self, codec: Codec, pieces: list[bytes | memoryview]
+                  ) -> list[Encoded] | Deferred[list[Encoded]]:
+        """``pieces`` encoded in order, now or (compressing a read of INLINE_LIMIT or more) once
+        a worker thread is done with all of them."""
+        if codec.id == RAW_CODEC.id or sum(map(len, pieces)) < INLINE_LIMIT:
+            return _encode_all(codec, pieces)
+        return self._workers.submit(_encode_all, codec, pieces)
+
+
+def chunks(data: bytes, size: int) -> list[bytes | memoryview]:
+    """Split ``data`` into pieces of at most ``size`` bytes, in order (no copy when it fits).
+
+    Pieces of immutable bytes are views of it (no copy); those of anything else are copies,
+    so nobody can change them while they wait to be compressed or sent.
+    """
+    if len(data) <= size:
+        return [data]
+    view = memoryview(data)
+    if type(data) is bytes:
+        return [view[i : i + size] for i in range(0, len(data), size)]
+    return [bytes(view[i : i + size]) for i in range(0, len(data), size)]

@@ -1,0 +1,74 @@
+"""What one proxied connection is configured with: its addresses and its settings.
+
+Neutral ground for the control syntax (``drbdproxy.control``), which builds these, and the data
+path (``drbdproxy.relay``), which runs them; neither imports the other for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from drbdproxy.codecs import PluginSpec, compression_option
+
+Address = tuple[str, int]
+
+#: ``compression on`` (lz4), told apart from ``compression 1`` (zstd level 1).
+COMPRESSION_ON = -1
+
+DEFAULT_MEMLIMIT = 16 << 20
+#: ping-timeout (tenths of a second) of the proxy-to-proxy link when none is set.
+DEFAULT_PING_TIMEOUT = 100
+
+
+@dataclass(frozen=True)
+class ConnectionSpec:
+    """What ``add connection`` configures: addresses in drbdadm's argument order, and options."""
+
+    name: str
+    listen_inside: Address
+    connect_peer_outside: Address
+    listen_outside: Address
+    connect_drbd: Address
+    #: option name (as in :data:`OPTIONS`) -> converted value (bytes, bytes/s, count, tenths)
+    options: Mapping[str, int] = field(default_factory=dict, hash=False)
+
+
+@dataclass
+class Settings:
+    """What ``set ...`` and ``add connection --opt=value`` configure for a connection."""
+
+    memlimit: int = DEFAULT_MEMLIMIT
+    options: dict[str, int] = field(default_factory=dict)
+    #: The explicit plugin list (``set plugin``), exactly as drbdadm sent it.
+    plugins: list[PluginSpec] = field(default_factory=list)
+
+    def apply(self, option: str, value: int) -> None:
+        """Set one option.
+
+        :raises PluginError: a compression value that names no codec.
+        """
+        if option == "memlimit":
+            self.memlimit = value
+            return
+        if option == "compression":
+            compression_option(self._compression_word(value))  # refuse a bad value now
+        self.options[option] = value
+
+    @staticmethod
+    def _compression_word(value: int) -> str:
+        return "on" if value == COMPRESSION_ON else str(value)
+
+    @property
+    def effective_plugins(self) -> list[PluginSpec]:
+        """What compresses: the explicit plugins, else the ``compression`` option's codec.
+
+        drbdadm keeps the two apart (adjust compares only the plugin list), and so do we.
+        """
+        if self.plugins or "compression" not in self.options:
+            return self.plugins
+        return compression_option(self._compression_word(self.options["compression"]))
+
+    @property
+    def ping_timeout(self) -> float:
+        return self.options.get("ping-timeout", DEFAULT_PING_TIMEOUT) / 10
