@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test install venv bench soak clean
+.PHONY: demo test unit install venv bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,13 @@ demo: install
 # pytest exits 5 when it collected nothing: that is a failure here, like any other non-zero code.
 test: install
 	$(BIN)/python -m pyflakes drbdproxy tests bench
+	$(BIN)/python -m mypy drbdproxy
 	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=300 . ; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+# The fast tests only (no daemons, sims or tools: about half a minute), while working.
+unit: install
+	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider -m unit .
 
 bench: install
 	$(BIN)/pip install -q '.[bench]'

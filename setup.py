@@ -26,7 +26,7 @@ setup(
         "prometheus_client>=0.20",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "hypothesis", "pyflakes"],
+        "test": ["pytest", "pytest-timeout", "hypothesis", "pyflakes", "mypy", "mypy-zope"],
         "bench": ["matplotlib"],
     },
     entry_points={

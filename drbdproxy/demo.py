@@ -120,14 +120,14 @@ def _replicate(a: ProxyConnectionConfig, b: ProxyConnectionConfig, size: int,
         results.extend([reports[1], reports[0]])
         if ticker.running:
             ticker.stop()
-        reactor.stop()  # type: ignore[attr-defined]
+        reactor.stop()
 
     def start() -> None:
         gatherResults([secondary.run(), primary.run()]).addCallback(done)
         ticker.start(0.5, now=False)
 
-    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.callWhenRunning(start)
+    reactor.run()
     progress()
     return results
 

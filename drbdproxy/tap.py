@@ -238,7 +238,7 @@ class _SocketGroup(Service):
 
 def makeService(config: Options, reactor: Any = None) -> IService:
     if reactor is None:
-        from twisted.internet import reactor  # type: ignore[no-redef]
+        from twisted.internet import reactor
     top = MultiService()
     _ProcessTuning(reactor).setServiceParent(top)
     registry = ConnectionRegistry(reactor, meta_first=not config["meta-on-bulk"],
@@ -253,7 +253,9 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     # strports raises at start-up if the control socket cannot be bound (one clear error).
     strports.service(config["control"], ControlFactory(registry)).setServiceParent(top)
     if config.get("control-gid") is not None:
-        _SocketGroup(_unix_socket_path(config["control"]), config["control-gid"]).setServiceParent(top)
+        path = _unix_socket_path(config["control"])
+        assert path is not None  # postOptions refuses --control-group without a unix: endpoint
+        _SocketGroup(path, config["control-gid"]).setServiceParent(top)
     if config["manhole"]:
         try:
             manhole = manhole_service(config["manhole"], config["manhole-keys"],

@@ -22,7 +22,7 @@ def check_endpoint(endpoint: str, what: str, example: str, error: type[Exception
     :raises error: an empty or unparsable endpoint string, naming ``what`` it was for.
     """
     if reactor is None:
-        from twisted.internet import reactor  # type: ignore[no-redef]
+        from twisted.internet import reactor
     description = endpoint_description(endpoint)
     if not description:
         raise error(f"{what} endpoint is empty (e.g. {example})")

@@ -183,8 +183,8 @@ class _LoggingChecker:
     def __init__(self, checker: SSHPublicKeyChecker) -> None:
         self._checker = checker
 
-    def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
-        d: Deferred[bytes] = self._checker.requestAvatarId(credentials)
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
+        d: Deferred[bytes | tuple[()]] = self._checker.requestAvatarId(credentials)
         d.addErrback(self._refused, credentials)
         return d
 
@@ -230,10 +230,12 @@ class _ManholeSession(manhole_ssh.TerminalSession):
             self._terminal.proto.processEnded(Failure(ProcessDone(0)))
 
 
+@implementer(portal.IRealm)
 class _ManholeRealm(manhole_ssh.TerminalRealm):
     sessionFactory = _ManholeSession
 
-    def requestAvatar(self, avatarId: bytes, mind: Any, *interfaces: Any) -> Any:
+    def requestAvatar(self, avatarId: bytes | tuple[()], mind: Any, *interfaces: Any) -> Any:
+        assert isinstance(avatarId, bytes)  # only a public key logs in: never anonymous
         _log.info("manhole login as {user}", user=avatarId.decode("utf-8", "replace"))
         return super().requestAvatar(avatarId, mind, *interfaces)
 
@@ -244,6 +246,7 @@ def _realm(namespace: Namespace) -> _ManholeRealm:
     def terminal() -> insults.ServerProtocol:
         return insults.ServerProtocol(manhole.ColoredManhole, session_namespace(namespace))
 
+    # Any callable making the protocol will do; Twisted's unannotated default is the class.
     realm.chainedProtocolFactory = terminal  # type: ignore[assignment]
     return realm
 
@@ -254,8 +257,8 @@ def ssh_factory(authorized: Iterable[keys.Key], host_key: keys.Key,
     checker = _LoggingChecker(SSHPublicKeyChecker(_AuthorizedKeys(authorized)))
     factory = manhole_ssh.ConchFactory(portal.Portal(_realm(namespace), [checker]))
     # Instance attributes: ConchFactory's class-level dicts are shared by every instance.
-    # (ConchFactory annotates publicKeys as bytes; conch uses Key objects since 15.0.)
-    factory.publicKeys = {b"ssh-ed25519": host_key.public()}  # type: ignore[dict-item]
+    # (ConchFactory annotates both dicts' values as bytes; conch uses Key objects since 15.0.)
+    factory.publicKeys = {b"ssh-ed25519": host_key.public()}
     factory.privateKeys = {b"ssh-ed25519": host_key}  # type: ignore[dict-item]
     return factory
 

@@ -215,7 +215,7 @@ def metrics_service(endpoint: str, registry: Any, reactor: Any = None) -> IServi
     :raises MetricsError: an empty or unparsable endpoint. A port in use raises when started.
     """
     if reactor is None:
-        from twisted.internet import reactor  # type: ignore[no-redef]
+        from twisted.internet import reactor
     description = check_endpoint(endpoint, reactor)
     site = _QuietSite(metrics_resource(registry))
     site.description = description

@@ -25,7 +25,7 @@ from typing import ClassVar, Union
 import lz4.block
 import zstandard
 
-from drbdproxy.codecs.plugins import DEFAULT_LEVELS, PluginSpec, parse_plugin
+from drbdproxy.codecs.plugins import DEFAULT_LEVELS, LZMA_MIN_DICT, PluginSpec, parse_plugin
 
 __all__ = [
     "Buffer",
@@ -155,7 +155,6 @@ class ZlibCodec(Codec):
 
 # liblzma's dictionary size for each preset level (xz(1), "Custom compressor filter chains").
 _LZMA_PRESET_DICT = (256 << 10, *(mib << 20 for mib in (1, 2, 4, 4, 8, 8, 16, 32, 64)))
-_LZMA_MIN_DICT = 4096
 _LZMA_MF = {mf: getattr(lzma, f"MF_{mf.upper()}") for mf in ("hc3", "hc4", "bt2", "bt3", "bt4")}
 _LZMA_MODE = {"fast": lzma.MODE_FAST, "normal": lzma.MODE_NORMAL}
 
@@ -188,7 +187,7 @@ class LzmaCodec(Codec):
     def filter_for(self, size: int) -> dict[str, int]:
         """The LZMA2 filter spec for a chunk of ``size`` bytes."""
         wanted = self.dict_size if self.dict_size is not None else _LZMA_PRESET_DICT[self.preset]
-        dict_size = min(wanted, max(_LZMA_MIN_DICT, size))
+        dict_size = min(wanted, max(LZMA_MIN_DICT, size))
         spec = {"id": lzma.FILTER_LZMA2, "preset": self.preset, "dict_size": dict_size}
         for key in ("lc", "lp", "pb", "depth"):
             if getattr(self, key) is not None:

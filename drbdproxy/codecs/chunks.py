@@ -29,6 +29,8 @@ import lz4.block
 import zstandard
 
 from drbdproxy.codecs.algorithms import Buffer, Codec, CodecId
+from drbdproxy.codecs.plugins import LZMA_MIN_DICT
+from drbdproxy.link.frames import MAX_DATA_CHUNK
 
 __all__ = [
     "MAX_CHUNK",
@@ -39,8 +41,8 @@ __all__ = [
     "decode_chunk",
 ]
 
-#: The largest raw chunk either end accepts.
-MAX_CHUNK = 1 << 20
+#: The largest raw chunk either end accepts: a DATA frame's raw_length limit.
+MAX_CHUNK = MAX_DATA_CHUNK
 #: A compressed payload must save at least raw_size // MIN_SAVING_DIVISOR bytes (about 3 %).
 MIN_SAVING_DIVISOR = 32
 #: Smaller chunks are sent raw without trying: no codec saves enough on them to matter.
@@ -49,7 +51,6 @@ MIN_COMPRESS_SIZE = 64
 # A frame whose window is larger than this is refused before zstd allocates it. Chunks never need
 # more: zstd shrinks the window to the content size (1 MiB at most, even at level 22).
 _ZSTD_MAX_WINDOW = 1 << max(10, (MAX_CHUNK - 1).bit_length())
-_LZMA_MIN_DICT = 4096
 
 
 class CodecError(ValueError):
@@ -173,7 +174,7 @@ def _decode_zlib(payload: Buffer, raw_size: int) -> bytes:
 
 def _decode_lzma(payload: Buffer, raw_size: int) -> bytes:
     # The chunk cannot reference further back than raw_size, so that bounds the dictionary.
-    lzma2 = {"id": lzma.FILTER_LZMA2, "dict_size": max(_LZMA_MIN_DICT, raw_size)}
+    lzma2 = {"id": lzma.FILTER_LZMA2, "dict_size": max(LZMA_MIN_DICT, raw_size)}
     dobj = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[lzma2])
     data = dobj.decompress(payload, max_length=raw_size)
     if not dobj.eof:

@@ -48,6 +48,10 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")
 _SIZE = re.compile(r"([0-9]+)([kmg]?)", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
+#: liblzma's smallest dictionary: the least ``dict-size``, and the raw LZMA2 chunks' dictionary
+#: is never below it.
+LZMA_MIN_DICT = 4096
+
 #: The level a plugin uses when its line has no ``level``.
 DEFAULT_LEVELS: Mapping[str, int] = {"lz4": 2, "zstd": 3, "zlib": 6, "lzma": 6}
 
@@ -113,7 +117,7 @@ def _in_range(plugin: str, key: str, word: str, value: int, lo: int, hi: int) ->
 _LZMA_OPTIONS: dict[str, _Check] = {
     "contexts": _Int(1, 253),
     "level": _Int(0, 9),
-    "dict-size": _Size(4096, 1610612736),
+    "dict-size": _Size(LZMA_MIN_DICT, 1610612736),
     "lc": _Int(0, 4),
     "lp": _Int(0, 4),
     "pb": _Int(0, 4),

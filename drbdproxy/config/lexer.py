@@ -86,7 +86,9 @@ def tokenize(text: str, file: str) -> list[Token]:
             line += 1
             pos += 1
         elif char in " \t\r\f\v":
-            pos = _SPACE.match(text, pos).end()  # type: ignore[union-attr]
+            space = _SPACE.match(text, pos)
+            assert space is not None  # it matches the character just seen
+            pos = space.end()
         elif char == "#":
             newline = text.find("\n", pos)
             pos = end if newline < 0 else newline

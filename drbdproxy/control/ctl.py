@@ -151,7 +151,8 @@ def _connect(family: int, address: str | tuple[str, int], timeout: float) -> soc
                     sock.close()
                     raise
                 return sock
-            return socket.create_connection(address, timeout)  # type: ignore[arg-type]  # (host, port)
+            assert not isinstance(address, str)  # other families come with (host, port)
+            return socket.create_connection(address, timeout)
         except BlockingIOError:
             left = give_up - time.monotonic()
             if left <= 0:

@@ -12,7 +12,12 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
@@ -20,6 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from drbdproxy.relay.closing import BoundedClose
+from drbdproxy.relay.sockets import IStreamTransport
 from drbdproxy.admin.logs import logger
 from drbdproxy.control.commands import Action, Command, CommandError, parse_command
 from drbdproxy.control.interface import ControlError, IProxyControl
@@ -110,7 +116,7 @@ _COMMAND = "command"  # pause reason: a command's reply is still pending
 _WRITE = "write"  # pause reason: the transport's write buffer is full
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IPushProducer)
 class ControlProtocol(LineReceiver, TimeoutMixin):
     """One control session. Lines in, framed replies out, one command at a time.
 
@@ -131,6 +137,8 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
     delimiter = b"\n"
     MAX_LENGTH = MAX_LINE
     factory: ControlFactory
+    #: Set by Twisted before connectionMade: a TCP or UNIX socket's transport.
+    transport: IStreamTransport
     _log = logger()
 
     def __init__(self) -> None:
@@ -292,7 +300,10 @@ class ControlFactory(ServerFactory):
     :param clock: for the idle and close timeouts; the global reactor by default.
     """
 
-    protocol = ControlProtocol
+    # Recent Twisted types Factory as generic in its protocol, and ControlProtocol (whose factory
+    # is a ControlFactory) only fits a ServerFactory[ControlProtocol]: a subscript that fails at
+    # run time on Twisted 23.8, which setup.py allows.
+    protocol = ControlProtocol  # type: ignore[assignment]
 
     def __init__(self, control: IProxyControl, *, idle_timeout: float | None = IDLE_TIMEOUT,
                  max_sessions: int = MAX_SESSIONS, close_timeout: float = CLOSE_TIMEOUT,
@@ -312,8 +323,8 @@ class ControlFactory(ServerFactory):
         if self._clock is None:
             from twisted.internet import reactor
 
-            self._clock = reactor  # type: ignore[assignment]
-        return self._clock  # type: ignore[return-value]
+            self._clock = reactor
+        return self._clock
 
     def sessionStarted(self, session: ControlProtocol) -> bool:
         if len(self.sessions) >= self.max_sessions:

@@ -73,7 +73,7 @@ class ConnectionRegistry(MultiService):
         super().startService()
 
     def _maybeTrimHeap(self) -> None:
-        held = sum(c.budget.used for c in self)  # type: ignore[attr-defined]
+        held = sum(c.budget.used for c in self)
         resident = resident_bytes()
         if self._trimmer.observe(held, resident):
             trim_heap()
@@ -84,19 +84,24 @@ class ConnectionRegistry(MultiService):
         if self._trim_loop.running:
             self._trim_loop.stop()
         d = super().stopService()
-        d.addBoth(lambda result: (self._pool.stop(), result)[1])
+
+        def stopPool(result: object) -> object:
+            self._pool.stop()
+            return result
+
+        d.addBoth(stopPool)
         return d
 
     # -- lookup ----------------------------------------------------------------------------------
     def connection(self, name: str) -> ProxyConnection:
         try:
-            return self.getServiceNamed(name)  # type: ignore[no-any-return]
+            return self.getServiceNamed(name)
         except KeyError:
             raise ControlError(f"no connection named {name!r}") from None
 
     @property
     def connections_by_name(self) -> list[ProxyConnection]:
-        return sorted(self, key=lambda c: c.name)  # type: ignore[attr-defined]
+        return sorted(self, key=lambda c: c.name)
 
     # -- mutating commands -----------------------------------------------------------------------
     def add_connection(self, spec: ConnectionSpec) -> Optional[Iterable[str]]:

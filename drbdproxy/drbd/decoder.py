@@ -131,7 +131,7 @@ class PacketDecoder:
             end = off + header.size + header.length
             if end > size:
                 break
-            payload = view[off + header.size : end]
+            payload: bytes | memoryview = view[off + header.size : end]
             if not immutable or header.length < _VIEW_MIN:
                 payload = bytes(payload)
             events.append(Packet(header, payload))

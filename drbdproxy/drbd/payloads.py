@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass, fields
-from typing import ClassVar, Self
+from dataclasses import Field, dataclass, fields
+from typing import Any, ClassVar, Self
 
 from drbdproxy.drbd.header import WireError
 
@@ -28,11 +28,13 @@ class _FixedStruct:
 
     NAME: ClassVar[str]
     _S: ClassVar[struct.Struct]
+    #: Every subclass is a dataclass, whose fields are the struct's in order.
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
     #: unpack() accepts longer payloads (P_DATA: block data follows the struct).
     _PREFIX: ClassVar[bool] = False
 
     def pack(self) -> bytes:
-        return self._S.pack(*(getattr(self, f.name) for f in fields(self)))  # type: ignore[arg-type]
+        return self._S.pack(*(getattr(self, f.name) for f in fields(self)))
 
     @classmethod
     def unpack(cls, buf: bytes | memoryview) -> Self:
@@ -88,7 +90,7 @@ class ConnectionFeatures:
         )
 
     @classmethod
-    def unpack(cls, buf: bytes) -> ConnectionFeatures:
+    def unpack(cls, buf: bytes | memoryview) -> ConnectionFeatures:
         _check_size("P_CONNECTION_FEATURES", buf, cls.SIZE)
         pmin, flags, pmax, snode, rnode, _ = cls._S.unpack(buf)
         return cls(pmin, flags, pmax or pmin, snode, rnode)
@@ -133,15 +135,15 @@ class Protocol:
         return fixed + self.integrity_alg.encode("ascii") + b"\0"
 
     @classmethod
-    def unpack(cls, buf: bytes) -> Protocol:
+    def unpack(cls, buf: bytes | memoryview) -> Protocol:
         _check_size("P_PROTOCOL", buf, cls._S.size + 1, exact=False)
-        fields = cls._S.unpack_from(buf)
+        number, sb_0p, sb_1p, sb_2p, conn_flags, two_primaries = cls._S.unpack_from(buf)
         alg = bytes(buf[cls._S.size :]).split(b"\0", 1)[0].decode("ascii", "replace")
         try:
-            proto = WireProtocol(fields[0])
+            proto = WireProtocol(number)
         except ValueError:
-            raise PayloadError(f"P_PROTOCOL names unknown protocol {fields[0]}") from None
-        return cls(proto, *fields[1:], integrity_alg=alg)
+            raise PayloadError(f"P_PROTOCOL names unknown protocol {number}") from None
+        return cls(proto, sb_0p, sb_1p, sb_2p, conn_flags, two_primaries, integrity_alg=alg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +173,7 @@ class SyncParam95:
         )
 
     @classmethod
-    def unpack(cls, buf: bytes) -> SyncParam95:
+    def unpack(cls, buf: bytes | memoryview) -> SyncParam95:
         _check_size("P_SYNC_PARAM89", buf, cls.SIZE)
         rate, verify, csums, plan, delay, fill, maxr = cls._S.unpack(buf)
 
@@ -227,11 +229,12 @@ class Sizes:
         return fixed + (self.qlim.pack() if self.qlim is not None else b"")
 
     @classmethod
-    def unpack(cls, buf: bytes) -> Sizes:
+    def unpack(cls, buf: bytes | memoryview) -> Sizes:
         if len(buf) not in (cls.SIZE, cls.SIZE + QueueLimits.SIZE):
             raise PayloadError(f"P_SIZES payload is {len(buf)} bytes, expected 32 or 56")
         qlim = QueueLimits.unpack(buf[cls.SIZE :]) if len(buf) > cls.SIZE else None
-        return cls(*cls._S.unpack_from(buf), qlim=qlim)
+        d_size, u_size, c_size, max_bio_size, queue_order_type, dds_flags = cls._S.unpack_from(buf)
+        return cls(d_size, u_size, c_size, max_bio_size, queue_order_type, dds_flags, qlim=qlim)
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +305,7 @@ class State:
         return self.word.to_bytes(4, "big")
 
     @classmethod
-    def unpack(cls, buf: bytes) -> State:
+    def unpack(cls, buf: bytes | memoryview) -> State:
         _check_size("P_STATE", buf, cls.SIZE)
         w = int.from_bytes(buf, "big")
         return cls(w & 0x3, (w >> 2) & 0x3, (w >> 4) & 0x1F, (w >> 9) & 0xF, (w >> 13) & 0xF, w >> 17)
@@ -334,7 +337,7 @@ class ReqStateReply:
         return self.retcode.to_bytes(4, "big", signed=True)
 
     @classmethod
-    def unpack(cls, buf: bytes) -> ReqStateReply:
+    def unpack(cls, buf: bytes | memoryview) -> ReqStateReply:
         _check_size("state change reply", buf, cls.SIZE)
         return cls(int.from_bytes(buf, "big", signed=True))
 
@@ -380,7 +383,7 @@ class Barrier:
         return self.barrier + b"\0\0\0\0"
 
     @classmethod
-    def unpack(cls, buf: bytes) -> Barrier:
+    def unpack(cls, buf: bytes | memoryview) -> Barrier:
         _check_size("P_BARRIER", buf, cls.SIZE)
         return cls(bytes(buf[:4]))
 
@@ -398,7 +401,7 @@ class BarrierAck:
         return self.barrier + self.set_size.to_bytes(4, "big")
 
     @classmethod
-    def unpack(cls, buf: bytes) -> BarrierAck:
+    def unpack(cls, buf: bytes | memoryview) -> BarrierAck:
         _check_size("P_BARRIER_ACK", buf, cls.SIZE)
         return cls(bytes(buf[:4]), int.from_bytes(buf[4:], "big"))
 

@@ -59,6 +59,7 @@ from drbdproxy.relay.streams import (
     DrbdSocket,
     InsideFactory,
     Stream,
+    StreamLink,
     format_peer,
 )
 
@@ -117,6 +118,8 @@ class ProxyConnection(Service):
     """A named child service of the registry: one DRBD connection through the proxy pair."""
 
     _log = logger()
+    #: Twisted's Service leaves ``name`` unannotated (``name = None``): a connection always has one.
+    name: str  # type: ignore[assignment]
 
     def __init__(self, spec: ConnectionSpec, reactor: Any, encoder: ChunkEncoder,
                  meta_first: bool = True, tls: TlsConfig | None = None,
@@ -163,7 +166,7 @@ class ProxyConnection(Service):
         self._peer_last: dict[LinkProtocol, int] = {}
         self._unread_opens: dict[LinkProtocol, int] = {}
         self._early_discards: dict[LinkProtocol, set[int]] = {}
-        self.streams: dict[tuple[LinkProtocol, int], Stream] = {}
+        self.streams: dict[tuple[StreamLink, int], Stream] = {}
         self._ports: list[IListeningPort] = []
         self._retry: IDelayedCall | None = None
         self._backoff = _BACKOFF_MIN
@@ -209,7 +212,7 @@ class ProxyConnection(Service):
         if self.bulk is not None and self.bulk.writer is not None:
             self.bulk.writer.limitRate(self._reactor, self.settings.options.get("bwlimit", 0))
 
-    def max_chunk(self, link: LinkProtocol) -> int:
+    def max_chunk(self, link: StreamLink) -> int:
         accepted = link.accepted
         return accepted.max_data_chunk if accepted is not None else 1 << 16
 
@@ -463,7 +466,8 @@ class ProxyConnection(Service):
         elif isinstance(frame, Discard):
             self._peerDiscarded(frame)
         elif isinstance(frame, Ping):
-            link.writer.answer(frame.pong().encode())  # type: ignore[union-attr]
+            assert link.writer is not None  # made in connectionMade, before any frame
+            link.writer.answer(frame.pong().encode())
         elif isinstance(frame, Pong):
             self.link_rtt_ms = (time.monotonic_ns() - frame.sent_ns) / 1e6
         elif isinstance(frame, GoAway):
@@ -574,8 +578,8 @@ class ProxyConnection(Service):
         if refusal is not None:
             self._refusals.warn("refusing stream {sid} the peer proxy opened on {name}: {why}",
                                 sid=frame.stream, name=self.name, why=refusal)
-            link.writer.push(Close(frame.stream, CloseReason.REFUSED,  # type: ignore[union-attr]
-                                   refusal).encode())
+            assert link.writer is not None  # the OPEN came from it
+            link.writer.push(Close(frame.stream, CloseReason.REFUSED, refusal).encode())
             return
         stream = Stream(self, link, frame.stream, frame.kind)
         self.streams[(link, frame.stream)] = stream

@@ -98,6 +98,7 @@ class LinkProtocol(protocol.Protocol):
     handshake_timeout = 10.0
 
     def connectionMade(self) -> None:
+        assert self.transport is not None  # Twisted sets it first
         tune_transport(self.transport)
         self.owner.tuneLinkSocket(self.transport)
         self._handshake_timer = self.owner.clock.callLater(
@@ -168,6 +169,7 @@ class LinkProtocol(protocol.Protocol):
         else:
             reply, outcome = self.handshake.receive(frame)
         if reply:
+            assert self.transport is not None  # frames come only from a connected link
             self.transport.write(reply)
         if isinstance(outcome, Pending):
             return  # proving the link secret; the handshake timer keeps running

@@ -15,6 +15,19 @@ import socket
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport
+from zope.interface import Attribute
+
+
+class IStreamTransport(ITCPTransport, IConsumer, IPushProducer):
+    """What a protocol here uses of its transport: all of a Twisted TCP or UNIX socket
+    transport (``tcp.Connection``), which Twisted types as a bare ``ITransport``.
+
+    Only a static type: Twisted's transports do not declare it, so never ask ``providedBy``.
+    """
+
+    disconnecting = Attribute("True once the transport is closing")
+    bufferSize = Attribute("Bytes per read, and the mark above which writes pause producers")
 
 
 def _reuse(s: socket.socket) -> socket.socket:
@@ -24,12 +37,12 @@ def _reuse(s: socket.socket) -> socket.socket:
 
 
 class _SharedPort(tcp.Port):
-    def createInternetSocket(self) -> socket.socket:  # type: ignore[override]
+    def createInternetSocket(self) -> socket.socket:
         return _reuse(super().createInternetSocket())
 
 
 class _SharedClient(tcp.Client):
-    def createInternetSocket(self) -> socket.socket:  # type: ignore[override]
+    def createInternetSocket(self) -> socket.socket:
         return _reuse(super().createInternetSocket())
 
 

@@ -22,18 +22,28 @@ from drbdproxy.codecs import RAW_CODEC, Codec, CodecError, decode_chunk
 from drbdproxy.drbd.header import encode_h80
 from drbdproxy.drbd.packets import Cmd
 from drbdproxy.drbd.scanner import PacketScanner
-from drbdproxy.link import CloseReason, Data, ErrorCode, LinkProtocolError, LinkRole, StreamKind
+from drbdproxy.link import (
+    Accepted,
+    CloseReason,
+    Data,
+    ErrorCode,
+    LinkProtocolError,
+    LinkRole,
+    StreamKind,
+)
 from drbdproxy.relay.budget import Budget
 from drbdproxy.relay.encoder import ChunkEncoder, Encoded, chunks
-from drbdproxy.relay.sockets import TRANSPORT_BUFFER, tune_transport
+from drbdproxy.relay.sockets import TRANSPORT_BUFFER, IStreamTransport, tune_transport
 from drbdproxy.relay.writer import Discarded, FrameWriter, PauseReasons
 from drbdproxy.relay.vectored import write_pieces
 
 
 class StreamLink(TypingProtocol):
-    """What a stream uses of its link: the writer its frames go to, the reading it may pause."""
+    """What a stream uses of its link: the writer its frames go to, the reading it may pause,
+    and what its handshake agreed (the owner sizes the stream's DATA frames by it)."""
 
     role: LinkRole | None
+    accepted: Accepted | None
     writer: FrameWriter | None
     reading: PauseReasons | None
 
@@ -104,6 +114,9 @@ def kind_of_first_bytes(first: bytes) -> StreamKind:
 class DrbdSocket(protocol.Protocol):
     """A TCP socket to or from the local DRBD: hands every event to its handler."""
 
+    #: Set by Twisted before connectionMade, and the handler hears of nothing before that.
+    transport: IStreamTransport
+
     def __init__(self, handler: Any) -> None:
         self.handler = handler
 
@@ -139,7 +152,7 @@ class InsideAcceptor:
                 "refusing a DRBD connection from {peer} on {name}: peer proxy not connected",
                 peer=format_peer(sock.transport), name=self._connection.name,
             )
-            sock.transport.abortConnection()  # type: ignore[attr-defined]
+            sock.transport.abortConnection()
             return
         timeout = self._connection.close_timeout
         self._silence = self._connection.clock.callLater(timeout, self._silent, sock, timeout)
@@ -149,7 +162,7 @@ class InsideAcceptor:
         self._log.info("closing a connection from {peer} to the inside address of {name}: no"
                        " DRBD packet within {timeout:g} s", peer=format_peer(sock.transport),
                        name=self._connection.name, timeout=timeout)
-        sock.transport.abortConnection()  # type: ignore[attr-defined]
+        sock.transport.abortConnection()
 
     def _stopWaiting(self) -> None:
         if self._silence is not None and self._silence.active():
@@ -167,7 +180,7 @@ class InsideAcceptor:
         kind = kind_of_first_bytes(self._first[: len(_INITIAL_DATA)])
         self.stream = self._connection.openStream(kind, sock)
         if self.stream is None:
-            sock.transport.abortConnection()  # type: ignore[attr-defined]
+            sock.transport.abortConnection()
             return
         first, self._first = self._first, b""
         self.stream.drbdData(sock, first)
@@ -195,10 +208,14 @@ class _WriteBackpressure:
         self._stream = stream
 
     def pauseProducing(self) -> None:
-        self._stream.link.reading.pause(self._stream)  # type: ignore[union-attr]
+        reading = self._stream.link.reading
+        assert reading is not None  # streams live only on connected links
+        reading.pause(self._stream)
 
     def resumeProducing(self) -> None:
-        self._stream.link.reading.resume(self._stream)  # type: ignore[union-attr]
+        reading = self._stream.link.reading
+        assert reading is not None
+        reading.resume(self._stream)
 
     def stopProducing(self) -> None:
         self.resumeProducing()
@@ -248,7 +265,7 @@ class Stream:
     def opaque(self) -> str | None:
         return self.scan_to_peer.opaque or self.scan_from_peer.opaque
 
-    def _scan(self, scanner: PacketScanner, data: bytes, direction: str) -> None:
+    def _scan(self, scanner: PacketScanner, data: bytes | memoryview, direction: str) -> None:
         if scanner.opaque is None:
             scanner.feed(data)
             if scanner.opaque is not None:
@@ -270,7 +287,7 @@ class Stream:
         self.connector = None
         if self.closed:
             # Closed or torn down while connecting: this socket never joins the dead stream.
-            sock.transport.abortConnection()  # type: ignore[attr-defined]
+            sock.transport.abortConnection()
             return
         self.attach(sock)
         pending, self._pending = self._pending, []
@@ -278,7 +295,9 @@ class Stream:
             for raw in pending:
                 self._deliver(raw)
             self._pending_bytes = 0
-            self.link.reading.resume((self, "pending"))  # type: ignore[union-attr]
+            reading = self.link.reading
+            assert reading is not None  # the pending frames came from it
+            reading.resume((self, "pending"))
 
     def attach(self, sock: DrbdSocket) -> None:
         self.sock = sock
@@ -382,14 +401,17 @@ class Stream:
             self._pending.append(bytes(raw))  # not a view pinning the whole read it came in
             self._pending_bytes += len(raw)
             if self._pending_bytes > _PENDING_LIMIT:
-                self.link.reading.pause((self, "pending"))  # type: ignore[union-attr]
+                reading = self.link.reading
+                assert reading is not None  # the frame came from it
+                reading.pause((self, "pending"))
             return
         self._deliver(raw)
 
     def _deliver(self, raw: bytes | memoryview) -> None:
         # Counted as it is handed to DRBD's socket, so the counts match what DRBD receives.
         self._scan(self.scan_from_peer, raw, "from peer")
-        write_pieces(self.sock.transport, (raw,))  # type: ignore[union-attr]
+        assert self.sock is not None  # fromPeer holds data until attach()
+        write_pieces(self.sock.transport, (raw,))
 
     def remoteClosed(self, reason: int, message: str = "") -> None:
         """The peer's DRBD socket is gone (CLOSE or DISCARD): discard, and close ours."""

@@ -23,10 +23,10 @@ class TlsError(ValueError):
     """The certificate, key or CA files cannot be used; the message says which and why."""
 
 
-def _read(path: str, what: str) -> str:
+def _read(path: str, what: str) -> bytes:
     try:
         with open(path, encoding="ascii") as f:
-            return f.read()
+            return f.read().encode("ascii")
     except (OSError, UnicodeDecodeError) as e:
         raise TlsError(f"cannot read the {what} {path}: {e}") from None
 

@@ -214,7 +214,8 @@ class FrameWriter:
                 batch = self._readyBatch()
             pieces: list[_Piece] = []
             for entry in batch:
-                pieces += entry.chunks  # type: ignore[arg-type]
+                assert entry.chunks is not None  # only ready frames are batched
+                pieces += entry.chunks
             write_pieces(self._transport, pieces)
             for entry in batch:
                 self.sent += entry.size

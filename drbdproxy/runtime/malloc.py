@@ -82,8 +82,8 @@ class HeapTrimmer:
         if resident is not None:
             excess = resident - held
             # Right after a trim, what it left is the floor; otherwise the least excess seen.
-            reset = self._floor is None or self._measure_floor
-            self._floor = excess if reset else min(self._floor, excess)  # type: ignore[type-var]
+            floor = self._floor
+            self._floor = excess if floor is None or self._measure_floor else min(floor, excess)
             self._measure_floor = False
             if excess - self._floor >= self.slack:
                 self._measure_floor = True

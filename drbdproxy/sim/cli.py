@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         except Exception as e:  # a port in use, an address we cannot bind
             print(f"drbd-sim: error: {e}", file=sys.stderr)
             result["_startup_error"] = True
-            reactor.stop()  # type: ignore[attr-defined]
+            reactor.stop()
             return
         reports: list[dict[str, Any] | None] = [None] * len(nodes)
         failed: list[int] = []
@@ -199,19 +199,19 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             if all(r is not None for r in reports) and not result:
                 result.update(combined_report([r for r in reports if r is not None],
                                               failed[0] if failed else None))
-                reactor.stop()  # type: ignore[attr-defined]
+                reactor.stop()
 
         def crashed(failure: Any) -> None:  # a bug: say so and end, rather than hang
             print(f"drbd-sim: error: {failure.getTraceback()}", file=sys.stderr)
             if not result:
                 result["_startup_error"] = True
-                reactor.stop()  # type: ignore[attr-defined]
+                reactor.stop()
 
         for i, d in enumerate(runs):
             d.addCallback(ended, i).addErrback(crashed)
 
-    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.callWhenRunning(start)
+    reactor.run()
     if not result or result.get("_startup_error"):
         sys.exit(1)
     text = json.dumps(result, indent=2)

@@ -101,10 +101,10 @@ class Handshake:
             self.agreed_features = FEATURES.feature_flags & peer.feature_flags
             return
         if cmd == Cmd.P_PROTOCOL:
-            peer = Protocol.unpack(packet.payload)
-            if peer.protocol != self.protocol:
+            params = Protocol.unpack(packet.payload)
+            if params.protocol != self.protocol:
                 raise HandshakeError(
-                    f"incompatible communication protocols: peer uses {peer.protocol.name},"
+                    f"incompatible communication protocols: peer uses {params.protocol.name},"
                     f" this node {self.protocol.name}"
                 )
         elif cmd == Cmd.P_SYNC_PARAM89:

@@ -210,7 +210,8 @@ class Node:
             return
         if not self._isSession(sock):
             # The peer's socket check can end before ours: keep its first handshake packets.
-            if self._establisher.slots.get(sock.kind) is sock and len(sock.early) < 16:  # type: ignore[arg-type]
+            kept = sock.kind is not None and self._establisher.slots.get(sock.kind) is sock
+            if kept and len(sock.early) < 16:
                 sock.early.append(packet)
             else:
                 self.socketFailed(sock, f"{packet.name} before the connection was established")
@@ -259,14 +260,16 @@ class Node:
             else:
                 raise HandshakeError(f"{packet.name} on the meta socket during the handshake")
             return
+        # Connected: _connectedUp made all three before it dispatched the first packet.
+        assert self._meta is not None and self._pinger is not None and self._role is not None
         if packet.command == Cmd.P_PING:
-            self._meta.send(Cmd.P_PING_ACK)  # type: ignore[union-attr]
+            self._meta.send(Cmd.P_PING_ACK)
         elif packet.command == Cmd.P_PING_ACK:
-            self._pinger.pingAck()  # type: ignore[union-attr]
+            self._pinger.pingAck()
         elif sock.kind is Sock.META:
-            self._role.metaPacket(packet)  # type: ignore[union-attr]
+            self._role.metaPacket(packet)
         else:
-            self._role.dataPacket(packet)  # type: ignore[union-attr]
+            self._role.dataPacket(packet)
 
     def _handshakeStep(self, packet: Packet) -> None:
         hs = self._handshake

@@ -9,16 +9,17 @@ the next attempt waits a random time, which breaks the symmetry the way DRBD's c
 from __future__ import annotations
 
 import random
-from typing import Protocol as TypingProtocol
+from typing import Callable, Protocol as TypingProtocol
 
 from twisted.internet import protocol
-from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTCP, IReactorTime
 from twisted.python.failure import Failure
 
 from drbdproxy.drbd.decoder import Packet, PacketDecoder, StreamError
 from drbdproxy.drbd.header import HeaderVersion, encode_h80, encode_header
 from drbdproxy.drbd.packets import Cmd, Sock, packet_name, socket_of_initial
 from drbdproxy.units import address_bytes
+from drbdproxy.relay.sockets import IStreamTransport
 from drbdproxy.relay.vectored import write_pieces
 
 #: Read size and write-buffer mark of a simulated DRBD socket.
@@ -42,6 +43,9 @@ class SocketOwner(TypingProtocol):
 class DrbdSocket(protocol.Protocol):
     """One DRBD TCP socket: frames packets out, decodes packets in, hands them to its owner."""
 
+    #: Set by Twisted before connectionMade; the owner gets the socket only from then on.
+    transport: IStreamTransport
+
     def __init__(self, owner: SocketOwner, kind: Sock | None) -> None:
         self.owner = owner
         #: None for an accepted socket until its initial packet arrives.
@@ -62,9 +66,9 @@ class DrbdSocket(protocol.Protocol):
 
     def connectionMade(self) -> None:
         self.connected = True
-        self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        self.transport.setTcpNoDelay(True)
         # Like DRBD's own socket buffers: many blocks per reactor turn, not one 64 KiB at a time.
-        self.transport.bufferSize = SOCKET_BUFFER  # type: ignore[attr-defined]
+        self.transport.bufferSize = SOCKET_BUFFER
         self.owner.socketMade(self)
 
     def announce(self, kind: Sock) -> None:
@@ -108,7 +112,7 @@ class DrbdSocket(protocol.Protocol):
         for event in self._decoder.feed(data):
             if isinstance(event, StreamError):
                 self.owner.socketFailed(self, f"{self!r}: {event.message}")
-                self.transport.abortConnection()  # type: ignore[attr-defined]
+                self.transport.abortConnection()
                 return
             self.owner.countReceived(event.name)
             if self.kind is None:
@@ -157,7 +161,7 @@ class _AcceptFactory(protocol.ServerFactory):
 
 
 class _ConnectFactory(protocol.ClientFactory):
-    def __init__(self, owner: SocketOwner, failed: object) -> None:
+    def __init__(self, owner: SocketOwner, failed: Callable[[Failure], None]) -> None:
         self.owner = owner
         self.failed = failed
 
@@ -167,7 +171,7 @@ class _ConnectFactory(protocol.ClientFactory):
         return sock
 
     def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
-        self.failed(reason)  # type: ignore[operator]
+        self.failed(reason)
 
 
 class Establisher:
@@ -185,7 +189,7 @@ class Establisher:
         peer: tuple[str, int],
         connect_int: float,
         sock_check: float,
-        log: object,
+        log: Callable[[str], None],
     ) -> None:
         self._reactor = reactor
         self._clock = clock
@@ -199,9 +203,9 @@ class Establisher:
         self._connecting = False
         self._retry: IDelayedCall | None = None
         self._check: IDelayedCall | None = None
-        self._port: object = None
+        self._port: IListeningPort | None = None
         self.active = False
-        self.ready: object = None
+        self.ready: Callable[[DrbdSocket, DrbdSocket], None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     def listen(self) -> None:
@@ -222,7 +226,7 @@ class Establisher:
 
     def stopListening(self) -> None:
         if self._port is not None:
-            self._port.stopListening()  # type: ignore[attr-defined]
+            self._port.stopListening()
             self._port = None
 
     def dropAll(self) -> None:
@@ -282,7 +286,7 @@ class Establisher:
         current = self.slots.get(sock.kind)
         self.slots[sock.kind] = sock
         if current is not None:
-            self._log(f"initial packet {sock.kind.value} crossed")  # type: ignore[operator]
+            self._log(f"initial packet {sock.kind.value} crossed")
             current.close()
             self._schedule()  # back off a random time, like DRBD's coin flip
         self._progress()
@@ -310,4 +314,5 @@ class Establisher:
             self._schedule()
             return
         self.active = False
-        self.ready(data, meta)  # type: ignore[operator]
+        assert self.ready is not None  # the node sets it before it starts us
+        self.ready(data, meta)

@@ -129,7 +129,7 @@ class Workload:
         return f"byte {first} differs (got 0x{data[first]:02x}, expected 0x{expected[first]:02x})"
 
     @classmethod
-    def from_stamp(cls, data: bytes) -> Workload | None:
+    def from_stamp(cls, data: bytes | memoryview) -> Workload | None:
         """The workload a block was written with, or None when its stamp is not one of ours."""
         if len(data) < STAMP.size:
             return None
