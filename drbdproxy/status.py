@@ -63,3 +63,5 @@ class ConnectionStatus:
     #: DRBD packets per (socket kind, direction, packet name), closed sockets included.
     packets: Mapping[tuple[str, str, str], int]
     streams: tuple[StreamStatus, ...]
+    #: The congestion control the control link's socket runs (None while there is none).
+    link_cc: str | None = None

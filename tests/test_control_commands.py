@@ -57,6 +57,7 @@ M = 1 << 20
     ("set sndbuf-size r0 1M", SetOption("r0", "sndbuf-size", M)),
     ("set rcvbuf-size r0 2M", SetOption("r0", "rcvbuf-size", 2 * M)),
     ("set ping-timeout r0 30", SetOption("r0", "ping-timeout", 30)),
+    ("set link-cc r0 CUBIC", SetOption("r0", "link-cc", 2)),
     ("set plugin r0 0 zstd level 4", SetPlugin("r0", 0, ("zstd", "level", "4"))),
     ("set plugin r0 1 lzma contexts 4 level 9", SetPlugin("r0", 1, ("lzma", "contexts", "4", "level", "9"))),
     ("set plugin r0 2 none", SetPlugin("r0", 2, ("none",))),
@@ -122,6 +123,7 @@ def test_every_command_form_parses(line: str, command: object) -> None:
     ("set bwlimit r0 fast", "set bwlimit: bad rate 'fast'"),
     ("set sndbuf-size r0 1X", "set sndbuf-size: bad size '1X'"),
     ("set ping-timeout r0 0", "set ping-timeout: bad ping-timeout '0': expected an integer >= 1"),
+    ("set link-cc r0 vegas", "set link-cc: bad link-cc 'vegas': expected one of system|bbr|cubic|reno"),
     ("set ping-timeout r0 2.5", "set ping-timeout: bad ping-timeout '2.5'"),
     ("set plugin r0", "set plugin: expected NAME IDX WORDS...|END"),
     ("set plugin r0 1", "set plugin: expected NAME IDX WORDS...|END"),
@@ -272,7 +274,8 @@ def test_every_table_spelling_parses_to_its_entry() -> None:
     samples = {"NAME": "r0", "SIZE": "1M", "N": "1", "on|off|N": "on", "RATE": "1M", "TENTHS": "5",
                "IDX": "0", "LEVEL": "info", "WORDS...|END": "END", "[--opt=value]...": "",
                "LISTEN_INSIDE": "1.1.1.1:1", "CONNECT_PEER_OUTSIDE": "1.1.1.1:2",
-               "LISTEN_OUTSIDE": "1.1.1.1:3", "CONNECT_DRBD": "1.1.1.1:4"}
+               "LISTEN_OUTSIDE": "1.1.1.1:3", "CONNECT_DRBD": "1.1.1.1:4",
+               "system|bbr|cubic|reno": "bbr"}
     for entry in TABLE:
         args = " ".join(samples[m] for m in entry.syntax.split())
         commands = [parse_command(f"{spelling} {args}") for spelling in entry.spellings]

@@ -28,12 +28,16 @@ def make_pair(tmp_path, alice_tls, bob_tls) -> ProxyPair:
 
 
 def test_replication_over_mutual_tls(tmp_path, sims):
-    """Both proxies with certificates from one CA: the link comes up and DRBD replicates."""
+    """Both proxies with certificates from one CA: the link comes up and DRBD replicates; the
+    link's socket options reach the TCP socket under TLS (its congestion control shows)."""
     ca = CA(tmp_path)
     pair = make_pair(tmp_path, tls_args(ca, "alice", ["127.0.0.1"]), tls_args(ca, "bob", ["127.0.0.1"]))
     try:
         pair.wait_linked()
         p, s = pair.replicate(sims, "--size", "32M")
+        with open("/proc/sys/net/ipv4/tcp_available_congestion_control") as f:
+            if "bbr" in f.read().split():
+                assert pair.stats(pair.alice)["r0-bob-alice.link_cc"] == "bbr"
     finally:
         pair.stop()
 

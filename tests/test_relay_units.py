@@ -69,15 +69,22 @@ class FakeSocket:
     state (``tcp_state``, tcpi_state's numbers: 1 established, 7 closed, 8 close-wait)."""
 
     def __init__(self) -> None:
-        self.options: list[tuple[int, int, int]] = []
+        self.options: list[tuple[int, int, int | bytes]] = []
         self.tcp_state = 1
+        self.congestion = b"cubic"  # the host's default
 
     def getsockopt(self, level: int, option: int, size: int) -> bytes:
-        assert (level, option) == (socket.IPPROTO_TCP, socket.TCP_INFO)
+        assert level == socket.IPPROTO_TCP
+        if option == socket.TCP_CONGESTION:
+            return self.congestion.ljust(size, b"\0")
+        assert option == socket.TCP_INFO
         return bytes([self.tcp_state]) + bytes(size - 1)
 
-    def setsockopt(self, level: int, option: int, value: int) -> None:
+    def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
         self.options.append((level, option, value))
+        if (level, option) == (socket.IPPROTO_TCP, socket.TCP_CONGESTION):
+            assert isinstance(value, bytes)
+            self.congestion = value
 
 
 class Transport(StringTransport):
@@ -755,3 +762,47 @@ def test_a_data_socket_is_left_alone_while_its_meta_socket_lives_or_reads_run(
     _, lone = lone_env.inside(P_INITIAL_DATA)
     lone_env.tick(5.0)
     assert lone.aborts == 0
+
+
+# -- the link's congestion control ---------------------------------------------------------------
+
+
+def test_link_sockets_ask_for_bbr_by_default_and_follow_set_link_cc(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each link socket asks for BBR unless told otherwise; `set link-cc` changes the live link
+    sockets at once, `system` leaves them alone; statistics report what the kernel runs."""
+    env = make_env(monkeypatch)
+    cc = (socket.IPPROTO_TCP, socket.TCP_CONGESTION)
+    for link in (env.control, env.bulk):
+        assert [o[2] for o in link.transport.handle.options if o[:2] == cc] == [b"bbr"]
+    registry = ConnectionRegistry(env.reactor)
+    env.conn.setName(NAME)
+    env.conn.setServiceParent(registry)
+    assert f"{NAME}.link_cc bbr" in set(registry.statistics())
+
+    env.conn.settings.apply("link-cc", 2)  # cubic
+    env.conn.settingsChanged()
+    assert env.bulk.transport.handle.congestion == b"cubic"
+    assert f"{NAME}.link_cc cubic" in set(registry.statistics())
+    before = list(env.bulk.transport.handle.options)
+    env.conn.settings.apply("link-cc", 0)  # system
+    env.conn.settingsChanged()
+    assert env.bulk.transport.handle.options == before
+
+
+def test_a_congestion_control_the_kernel_lacks_leaves_the_system_default(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a real socket: asking for BBR works where the kernel has it; asking for one it lacks
+    keeps the socket working with the system's default."""
+    env = make_env(monkeypatch)
+    available = open("/proc/sys/net/ipv4/tcp_available_congestion_control").read().split()
+    with socket.socket() as real:
+        env.conn._setCongestionControl(real)
+        got = real.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).rstrip(b"\0")
+        assert got == b"bbr" if "bbr" in available else got.decode() in available
+
+        class Lacking:
+            def setsockopt(self, *args: Any) -> None:
+                raise OSError(2, "No such file or directory")
+
+        env.conn._setCongestionControl(Lacking())  # logged, not raised

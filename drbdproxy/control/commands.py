@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
-from drbdproxy.spec import COMPRESSION_ON, Address, ConnectionSpec
+from drbdproxy.spec import COMPRESSION_ON, LINK_CC, Address, ConnectionSpec
 from drbdproxy.units import parse_address, parse_size
 
 if TYPE_CHECKING:
@@ -47,6 +47,17 @@ def _integer(what: str, minimum: int) -> Callable[[str], int]:
         if not _INT.match(text) or int(text) < minimum:
             raise ValueError(f"bad {what} {text!r}: expected an integer >= {minimum}")
         return int(text)
+
+    return convert
+
+
+def _choice(what: str, words: Sequence[str]) -> Callable[[str], int]:
+    """One of ``words`` -> its index."""
+    def convert(text: str) -> int:
+        try:
+            return list(words).index(text.lower())
+        except ValueError:
+            raise ValueError(f"bad {what} {text!r}: expected one of {'|'.join(words)}") from None
 
     return convert
 
@@ -132,6 +143,8 @@ OPTIONS: Mapping[str, OptionSpec] = {
                    "link socket receive buffer (0 = auto)"),
         OptionSpec("ping-timeout", "TENTHS", _integer("ping-timeout", 1), "live",
                    "link ping timeout, tenths of a second"),
+        OptionSpec("link-cc", "|".join(LINK_CC), _choice("link-cc", LINK_CC), "live",
+                   "TCP congestion control of the link (default bbr where the kernel has it)"),
     )
 }
 

@@ -194,8 +194,9 @@ class ConnectionRegistry(MultiService):
         conn = self.connection(name)
         lines = ["proxy {", f"    memlimit {drbd_size(conn.settings.memlimit)};"]
         for option, value in sorted(conn.settings.options.items()):
-            # drbdadm 9 cannot parse `compression on;` here, and adjust never compares it.
-            if option != "compression":
+            # drbdadm 9 cannot parse `compression on;` here, and adjust never compares it;
+            # link-cc is ours, not drbd.conf's.
+            if option not in ("compression", "link-cc"):
                 lines.append(f"    {option} {value};")
         if conn.settings.plugins:
             lines.append("    plugin {")
@@ -257,6 +258,7 @@ class ConnectionRegistry(MultiService):
             yield f"{c.name}.memlimit {c.memlimit}"
             yield f"{c.name}.bwlimit {c.bwlimit}"
             yield f"{c.name}.codec {c.codec.replace(' ', '-')}"
+            yield f"{c.name}.link_cc {c.link_cc or '-'}"
             yield f"{c.name}.buffered {c.buffered}"
             yield f"{c.name}.buffered_peak {c.buffered_peak}"
             rtt = f"{c.link_rtt_ms:.3f}" if c.link_rtt_ms is not None else "-"

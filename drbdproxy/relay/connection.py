@@ -19,6 +19,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.task import LoopingCall
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from drbdproxy.admin.logs import Summarised, logger
 from drbdproxy.codecs import Codec, CodecId, codec_for
@@ -175,6 +176,7 @@ class ProxyConnection(Service):
         #: Since when the control link's transport has been refusing our writes.
         self._unread_since: float | None = None
         self._refusals = Summarised(self._log, reactor)
+        self._cc_refused = False
         self._dialFailures = Summarised(self._log, reactor)
         self._ping_token = 0
         self._codec: Codec | None = None
@@ -201,6 +203,10 @@ class ProxyConnection(Service):
         (and the drain rate is measured afresh under it)."""
         self._codec = None
         self.budget.setLimit(self.settings.memlimit)
+        self._cc_refused = False
+        for link in (self.control, self.bulk):
+            if link is not None and link.transport is not None:
+                self._setCongestionControl(_handle(link.transport))
         bwlimit = self.settings.options.get("bwlimit", 0)
         if bwlimit != self._bwlimit:
             self._bwlimit = bwlimit
@@ -374,12 +380,42 @@ class ProxyConnection(Service):
         return check_peer(transport, self.spec.connect_peer_outside[0])
 
     def tuneLinkSocket(self, transport: Any) -> None:
-        """sndbuf-size and rcvbuf-size apply to each new link socket (so: on reconnect)."""
-        handle = transport.getHandle()
+        """sndbuf-size and rcvbuf-size apply to each new link socket (so: on reconnect), and
+        link-cc to each link socket, live."""
+        handle = _handle(transport)
         for option, level in (("sndbuf-size", socket.SO_SNDBUF), ("rcvbuf-size", socket.SO_RCVBUF)):
             size = self.settings.options.get(option, 0)
             if size > 0:
                 handle.setsockopt(socket.SOL_SOCKET, level, size)
+        self._setCongestionControl(handle)
+
+    def _setCongestionControl(self, handle: Any) -> None:
+        wanted = self.settings.link_cc
+        if wanted == "system":
+            return
+        try:
+            handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, wanted.encode())
+        except OSError as e:
+            if not self._cc_refused:
+                self._cc_refused = True
+                # Asked for, it matters; bbr by default, where the kernel lacks it, less so.
+                log = self._log.warn if "link-cc" in self.settings.options else self._log.info
+                log("link sockets of {name} keep the system's congestion control: {cc} is not"
+                    " available ({error}; modprobe tcp_{cc})", name=self.name, cc=wanted,
+                    error=e.strerror)
+
+    @property
+    def link_cc(self) -> str | None:
+        """The congestion control the control link's socket runs, as the kernel says."""
+        link = self.control
+        if link is None or link.transport is None:
+            return None
+        try:
+            name = _handle(link.transport).getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION,
+                                                      16)
+        except (AttributeError, OSError):
+            return None
+        return bytes(name).split(b"\0", 1)[0].decode("ascii", "replace")
 
     def linkBudget(self) -> Budget:
         return self.budget
@@ -669,6 +705,7 @@ class ProxyConnection(Service):
             out_of_sync=self.out_of_sync(), dropped_after_close=self.dropped_after_close,
             discarded_to_peer=to_peer, discarded_from_peer=from_peer, totals=self.totals(),
             packets=dict(self.packet_counts()),
+            link_cc=self.link_cc,
             streams=tuple(StreamStatus(
                 kind=s.name, sid=s.sid, peer=s.peer, to_peer=s.to_peer,
                 to_peer_wire=s.to_peer_wire, from_peer=s.from_peer,
@@ -768,6 +805,14 @@ class ProxyConnection(Service):
         self._log.info("connection {name}: {old} -> {new} ({reason})",
                        name=self.name, old=self.state, new=state, reason=reason)
         self.state = state
+
+
+def _handle(transport: Any) -> Any:
+    """The OS socket under a link's transport: a TLS transport's own handle is its OpenSSL
+    connection, the socket is its TCP transport's."""
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        transport = transport.transport
+    return transport.getHandle()
 
 
 _REFUSALS = {
