@@ -696,15 +696,16 @@ class ProxyConnection(Service):
         budget = self.budget
         to_peer, from_peer = self.discarded()
         streams = sorted(self.streams.values(), key=lambda s: (s.kind, s.sid))
+        packets = self.packet_counts()  # walked once: out_of_sync is one of them
         return ConnectionStatus(
             name=self.name, spec=self.spec, state=self.state, memlimit=budget.limit,
             bwlimit=self.settings.options.get("bwlimit", 0), codec=self.codec.describe(),
             buffered=budget.used, buffered_peak=budget.peak, reads_paused=budget.paused,
             read_pauses=budget.pauses, reconnects=self.reconnects, link_rtt_ms=self.link_rtt_ms,
             drain_rate=self.drain.rate, drain_seconds=self.drain.drain_seconds(budget.used),
-            out_of_sync=self.out_of_sync(), dropped_after_close=self.dropped_after_close,
+            out_of_sync=packets[_OUT_OF_SYNC], dropped_after_close=self.dropped_after_close,
             discarded_to_peer=to_peer, discarded_from_peer=from_peer, totals=self.totals(),
-            packets=dict(self.packet_counts()),
+            packets=dict(packets),
             link_cc=self.link_cc,
             streams=tuple(StreamStatus(
                 kind=s.name, sid=s.sid, peer=s.peer, to_peer=s.to_peer,
@@ -725,7 +726,7 @@ class ProxyConnection(Service):
 
     def out_of_sync(self) -> int:
         """P_OUT_OF_SYNC sent by this site's DRBD: it pulled ahead (congestion) and will resync."""
-        return self.packet_counts()[("data", "to_peer", "P_OUT_OF_SYNC")]
+        return self.packet_counts()[_OUT_OF_SYNC]
 
     def packet_counts(self) -> Counter[tuple[str, str, str]]:
         """DRBD packets per (socket kind, direction, packet name), over closed and live sockets."""
@@ -814,6 +815,8 @@ def _handle(transport: Any) -> Any:
         transport = transport.transport
     return transport.getHandle()
 
+
+_OUT_OF_SYNC = ("data", "to_peer", "P_OUT_OF_SYNC")
 
 _REFUSALS = {
     RejectReason.UNKNOWN_CONNECTION: "it names another connection",

@@ -36,6 +36,7 @@ from drbdproxy.relay.encoder import ChunkEncoder, Encoded, chunks
 from drbdproxy.relay.sockets import TRANSPORT_BUFFER, IStreamTransport, tune_transport
 from drbdproxy.relay.writer import Discarded, FrameWriter, PauseReasons
 from drbdproxy.relay.vectored import write_pieces
+from drbdproxy.units import format_address
 
 
 class StreamLink(TypingProtocol):
@@ -197,7 +198,7 @@ def format_peer(transport: Any) -> str:
     host = getattr(peer, "host", None)
     if host is None:
         return str(peer)
-    return f"[{host}]:{peer.port}" if ":" in host else f"{host}:{peer.port}"
+    return format_address(host, peer.port)
 
 
 @implementer(IPushProducer)
@@ -377,13 +378,17 @@ class Stream:
         if self.link.writer is not None:
             discarded = self.link.writer.discard(self.sid)
         self.discarded_to_peer += discarded.raw
-        self.discarded_from_peer += self._pending_bytes
-        self._pending, self._pending_bytes = [], 0
+        self._dropPending()
         reading = self.link.reading
         if reading is not None:
             reading.resume((self, "pending"))
             reading.resume(self)
         return discarded.unopened
+
+    def _dropPending(self) -> None:
+        """What came for a DRBD socket still connecting goes with the stream."""
+        self.discarded_from_peer += self._pending_bytes
+        self._pending, self._pending_bytes = [], 0
 
     # -- frames from the peer --------------------------------------------------------------------
     def fromPeer(self, frame: Data) -> None:
@@ -433,8 +438,7 @@ class Stream:
     def abort(self) -> None:
         """The connection is going down: drop the DRBD socket now, or the connect to it."""
         self.closed = True
-        self.discarded_from_peer += self._pending_bytes
-        self._pending, self._pending_bytes = [], 0
+        self._dropPending()
         if self.connector is not None:
             self.connector.stopConnecting()
             self.connector = None
