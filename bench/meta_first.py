@@ -4,7 +4,7 @@ Two network namespaces joined by a veth pair shaped with tbf stand in for the WA
 replicates disk-like data with protocol A from a primary that writes far faster than the link,
 so alice's buffer stays full, while both drbd-sim nodes ping every 0.2 s. Compared, in the same
 invocation: the idle round trip (a slow writer), the loaded round trip with meta-first (DRBD's
-meta socket on the control link), and the same load with ``--meta-on-bulk`` (meta behind data).
+meta socket on the meta link), and the same load with ``--meta-on-bulk`` (meta behind data).
 
 Usage (root): .venv/bin/python bench/meta_first.py [--runs 3] [--rate 100mbit] [--out FILE]
 """

@@ -57,6 +57,7 @@ import lz4
 import lz4.block
 import zstandard
 
+from drbdproxy.daemon import ProxyDaemon
 from drbdproxy.sim.workload import Workload
 from drbdproxy.units import parse_size
 
@@ -189,14 +190,6 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) ->
         time.sleep(0.05)
 
 
-def ctl(sock: Path, *commands: str) -> subprocess.CompletedProcess[str]:
-    """Run drbd-proxy-ctl with each command as one -c argument."""
-    argv = [str(BIN / "drbd-proxy-ctl"), "-s", str(sock)]
-    for c in commands:
-        argv += ["-c", c]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
-
-
 # --- the setups: each yields the Endpoints for one sim run and stops what it started ---------
 
 @contextlib.contextmanager
@@ -233,30 +226,21 @@ def proxy_pair(procs: Processes, compression: str | None) -> Iterator[Endpoints]
     a_drbd, a_in, a_out, b_drbd, b_in, b_out = free_ports(6)
     sides = {"alice": ("r0-bob-alice", (a_in, b_out, a_out, a_drbd)),
              "bob": ("r0-alice-bob", (b_in, a_out, b_out, b_drbd))}
-    started: list[tuple[subprocess.Popen, Path]] = []
+    started: list[ProxyDaemon] = []
     try:
         for side, (name, ports) in sides.items():
-            sock = procs.logdir / f"{side}.ctl"
-            proc = procs.start(side, [str(BIN / "twistd"), "-n", "--pidfile=",
-                                      f"--logfile={procs.logdir / (side + '.log')}",
-                                      "drbd-proxy", "--control", f"unix:{sock}"])
-            started.append((proc, sock))
-            wait_for(lambda: proc.poll() is not None or ctl(sock, "list connections").returncode == 0,
-                     f"{side}'s control socket")
-            if proc.poll() is not None:
-                raise RuntimeError(f"{side} daemon exited with status {proc.returncode}")
+            daemon = ProxyDaemon(procs.logdir, side)
+            started.append(daemon)
+            daemon.wait_ready()
             add = f"add connection {name} " + " ".join(f"{IP}:{p}" for p in ports)
             word = COMPRESSION_WORDS[compression] if compression else "off"
-            out = ctl(sock, add, f"set compression {name} {word}")
-            if out.returncode != 0:
-                raise RuntimeError(f"{side}: drbd-proxy-ctl failed: {out.stderr.strip()}")
-        for _, sock in started:
-            wait_for(lambda: "ProxyConnected" in ctl(sock, "list connections").stdout,
+            daemon.ctl("-c", add, "-c", f"set compression {name} {word}", check=True)
+        for daemon in started:
+            wait_for(lambda: "ProxyConnected" in daemon.ctl("-c", "list connections").stdout,
                      "the proxies to link up")
 
         def stats(side: int) -> dict[str, str]:
-            out = ctl(started[side][1], "print statistics").stdout
-            return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+            return started[side].stats()
 
         def total(st: dict[str, str], suffix: str) -> int:
             # Every kind of stream: DRBD's data socket, or iperf3's opaque ones.
@@ -279,14 +263,10 @@ def proxy_pair(procs: Processes, compression: str | None) -> Iterator[Endpoints]
 
         yield Endpoints(a_drbd, b_drbd, a_peer=a_in, b_peer=b_in, wire_ratio=wire_ratio,
                         relayed=relayed,
-                        relays={side: [proc.pid] for side, (proc, _) in zip(sides, started)})
+                        relays={side: [d.proc.pid] for side, d in zip(sides, started)})
     finally:
-        for proc, sock in started:
-            with contextlib.suppress(Exception):
-                ctl(sock, "shutdown")
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
-            procs.stop(proc)
+        for daemon in started:
+            daemon.stop(grace=10)
 
 
 HAPROXY_CONFIG = """global

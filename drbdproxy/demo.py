@@ -9,8 +9,6 @@ is capped (bwlimit), so alice's buffer visibly fills to memlimit and drains.
 from __future__ import annotations
 
 import argparse
-import io
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,12 +16,11 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from drbdproxy.config import ProxyConnectionConfig, load
-from drbdproxy.control.ctl import Unreachable, run_commands
+from drbdproxy.daemon import ProxyDaemon
 from drbdproxy.drbd.payloads import WireProtocol
 from drbdproxy.sim.config import SimConfig
 from drbdproxy.units import format_size, parse_size
 
-BIN = Path(sys.executable).parent
 CONF_NAME = Path("etc") / "demo" / "drbd.conf"
 
 
@@ -35,49 +32,7 @@ def demo_conf() -> Path:
     raise SystemExit(f"drbd-proxy-demo: cannot find {CONF_NAME}")
 
 
-class Site:
-    """One proxy daemon (twistd drbd-proxy) and how to talk to it."""
-
-    def __init__(self, name: str, workdir: Path, conf: Path) -> None:
-        self.name = name
-        self.socket = workdir / f"{name}.ctl"
-        self.logfile = workdir / f"{name}.log"
-        self.proc = subprocess.Popen(
-            [str(BIN / "twistd"), "-n", "--pidfile=", f"--logfile={self.logfile}", "drbd-proxy",
-             "--control", f"unix:{self.socket}", "--drbd-conf", str(conf), "--node", name],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-
-    def ctl(self, *commands: str) -> tuple[int, str]:
-        out, err = io.StringIO(), io.StringIO()
-        try:
-            rc = run_commands(str(self.socket), list(commands), out, err)
-        except Unreachable as e:
-            return 3, str(e)
-        return rc, out.getvalue() + err.getvalue()
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while self.ctl("show version")[0] != 0:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                out = self.proc.stdout.read() if self.proc.stdout else ""
-                raise RuntimeError(f"proxy {self.name} did not start: {out.strip()[-500:]}")
-            time.sleep(0.05)
-
-    def stats(self) -> dict[str, str]:
-        _, text = self.ctl("print statistics")
-        return dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.ctl("shutdown")
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
-def _wait_linked(alice: Site, timeout: float = 30) -> None:
+def _wait_linked(alice: ProxyDaemon, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while alice.stats().get("r0-bob-alice.state") not in ("ProxyConnected", "Connected"):
         if time.monotonic() > deadline:
@@ -86,7 +41,7 @@ def _wait_linked(alice: Site, timeout: float = 30) -> None:
 
 
 def _replicate(a: ProxyConnectionConfig, b: ProxyConnectionConfig, size: int,
-               protocol: WireProtocol, alice: Site, bob: Site) -> list[dict[str, Any]]:
+               protocol: WireProtocol, alice: ProxyDaemon, bob: ProxyDaemon) -> list[dict[str, Any]]:
     from twisted.internet import reactor
     from twisted.internet.defer import gatherResults
     from twisted.internet.task import LoopingCall
@@ -167,14 +122,15 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     (a,) = conf.proxy_connections("alice")
     (b,) = conf.proxy_connections("bob")
     with tempfile.TemporaryDirectory(prefix="drbd-proxy-demo-") as tmp:
-        sites = [Site("alice", Path(tmp), conf_path), Site("bob", Path(tmp), conf_path)]
+        sites = [ProxyDaemon(Path(tmp), site, "--drbd-conf", str(conf_path), "--node", site)
+                 for site in ("alice", "bob")]
         try:
             for site in sites:
                 site.wait_ready()
             alice, bob = sites
             for option in ("memlimit", "bwlimit"):
                 if getattr(args, option):
-                    alice.ctl(f"set {option} {a.name} {getattr(args, option)}")
+                    alice.ctl("-c", f"set {option} {a.name} {getattr(args, option)}", check=True)
             _wait_linked(alice)
             s = alice.stats()
             print(f"drbd-proxy-demo: alice's DRBD writes {args.size} of disk-like data (protocol"

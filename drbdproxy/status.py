@@ -63,5 +63,8 @@ class ConnectionStatus:
     #: DRBD packets per (socket kind, direction, packet name), closed sockets included.
     packets: Mapping[tuple[str, str, str], int]
     streams: tuple[StreamStatus, ...]
-    #: The congestion control the control link's socket runs (None while there is none).
+    #: The congestion control the meta link's socket runs (None while there is none).
     link_cc: str | None = None
+    #: Why the links last broke or a dial failed (None: never), and seconds to the next dial.
+    last_error: str | None = None
+    retry_in: float | None = None

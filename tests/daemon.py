@@ -2,51 +2,24 @@
 
 from __future__ import annotations
 
-import subprocess
-import threading
 from pathlib import Path
 
 from helpers import tool
 
+from drbdproxy.daemon import DaemonFailed, ProxyDaemon
 
-class Daemon:
-    """A twistd drbd-proxy process with a control socket in a temporary directory."""
+
+class Daemon(ProxyDaemon):
+    """A drbd-proxy daemon of a test, ready when constructed; ``log`` is every line it wrote."""
 
     def __init__(self, workdir: Path, name: str = "proxy", *extra: str,
                  prefix: tuple[str, ...] = ()) -> None:
-        self.socket = workdir / f"{name}.ctl"
-        self.log: list[str] = []
-        self._ready = threading.Event()
-        self.proc = subprocess.Popen(
-            [*prefix, tool("twistd"), "-n", "--pidfile=", "--logfile=-", "drbd-proxy",
-             "--control", f"unix:{self.socket}", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=workdir,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-        # The event: the daemon logs that it is ready (or the process died).
-        if not self._ready.wait(60) or self.proc.poll() is not None:
-            self.stop()
-            raise AssertionError(f"drbd-proxy did not start: {''.join(self.log)}")
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.log.append(line)
-            if "drbd-proxy ready" in line:
-                self._ready.set()
-        self._ready.set()
-
-    def ctl(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-        out = subprocess.run([tool("drbd-proxy-ctl"), "-s", str(self.socket), *args],
-                             capture_output=True, text=True, timeout=30)
-        if check and out.returncode != 0:
-            raise AssertionError(f"drbd-proxy-ctl {args} failed: {out.stderr}")
-        return out
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        return self.proc.wait(timeout=30)
+        super().__init__(workdir, name, *extra, prefix=prefix, bindir=Path(tool("twistd")).parent)
+        self.log = self.lines
+        try:
+            self.wait_ready()
+        except DaemonFailed as e:
+            raise AssertionError(str(e)) from None
 
 
 def assert_clean_disconnect(*sims) -> None:

@@ -8,13 +8,13 @@ from drbdproxy.link import LinkRole, RejectReason
 class Registry:
     """Known names, one control session per name, every call recorded.
 
-    ``refuse_duplicate_control``: a second control link for a name is DUPLICATE_CONTROL (like
+    ``refuse_duplicate_meta``: a second meta link for a name is DUPLICATE_META (like
     the integrator's lookup); otherwise it replaces the first session.
     """
 
-    def __init__(self, *names: str, refuse_duplicate_control: bool = True) -> None:
+    def __init__(self, *names: str, refuse_duplicate_meta: bool = True) -> None:
         self.names = set(names)
-        self.refuse_duplicate_control = refuse_duplicate_control
+        self.refuse_duplicate_meta = refuse_duplicate_meta
         self.control: dict[str, bytes] = {}
         self.calls: list[tuple[str, LinkRole, bytes]] = []
 
@@ -22,9 +22,9 @@ class Registry:
         self.calls.append((name, role, session))
         if name not in self.names:
             return RejectReason.UNKNOWN_CONNECTION
-        if role is LinkRole.CONTROL:
-            if self.refuse_duplicate_control and name in self.control:
-                return RejectReason.DUPLICATE_CONTROL
+        if role is LinkRole.META:
+            if self.refuse_duplicate_meta and name in self.control:
+                return RejectReason.DUPLICATE_META
             self.control[name] = session
             return None
         return None if self.control.get(name) == session else RejectReason.NO_SUCH_SESSION

@@ -1,5 +1,5 @@
 """Unit tests of who may bring up a link to the peer proxy, and of the bounds on what a link may
-cost us: admission by address, the HELLO lookup (names, DUPLICATE_CONTROL, silent control links,
+cost us: admission by address, the HELLO lookup (names, DUPLICATE_META, silent meta links,
 crossed dials), the cap on links still in their handshake, PONG coalescing for a peer that does
 not read, and the caps on streams and connects to DRBD.
 
@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone, ConnectionLost, UserError
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError, UserError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -30,7 +30,7 @@ from drbdproxy.relay.connection import (
     peer_names,
 )
 from drbdproxy.spec import ConnectionSpec
-from drbdproxy.link import ErrorCode, ErrorFrame
+from drbdproxy.link import ErrorCode, ErrorFrame, GoAway, GoAwayReason
 from drbdproxy.link import (
     Accepted,
     ClientHandshake,
@@ -87,7 +87,7 @@ def make_conn(name: str = NAME, **kwargs: Any) -> ProxyConnection:
 
 def server_link(conn: ProxyConnection, source: str = "127.0.0.1") -> tuple[LinkProtocol, Transport]:
     """A TCP connection the peer dialled to our outside address, before its HELLO."""
-    link = LinkProtocol(conn, Side.SERVER, conn.serverHandshake(source), source)
+    link = LinkProtocol(conn.peer, Side.SERVER, conn.peer.serverHandshake(source), source)
     transport = Transport()
     link.makeConnection(transport)
     return link, transport
@@ -166,14 +166,14 @@ def advance(reactor: MemoryReactorClock, seconds: float, step: float = 0.125) ->
 
 
 def dial(conn: ProxyConnection) -> tuple[LinkClientFactory, Any]:
-    """Start the service and let it dial: our outgoing control link, connect in progress."""
+    """Start the service and let it dial: our outgoing meta link, connect in progress."""
     reactor = conn.clock
     conn.startService()
     reactor.advance(0)
     (host, port, factory, _, _) = reactor.tcpClients[-1]
     assert (host, port) == (PEER_IP, 7790)
-    assert isinstance(factory, LinkClientFactory) and conn._outgoing is factory
-    assert factory.handshake.hello_frame.role is LinkRole.CONTROL
+    assert isinstance(factory, LinkClientFactory) and conn.links.outgoing is factory
+    assert factory.handshake.hello_frame.role is LinkRole.META
     return factory, factory.connector
 
 
@@ -225,22 +225,22 @@ def test_admit_link_without_authentication_admits_only_the_peer_or_link_allow() 
     IPv6 address) and the --link-allow networks are admitted; with a secret any address is. The
     listener's factory builds no protocol for a refused address (Twisted closes the socket)."""
     conn = make_conn()
-    assert conn.admitLink(PEER_IP)
-    assert conn.admitLink(f"::ffff:{PEER_IP}")
-    assert not conn.admitLink("192.0.2.8")
-    assert not conn.admitLink("10.1.2.3")
-    assert not conn.admitLink("not an address")
+    assert conn.peer.admitLink(PEER_IP)
+    assert conn.peer.admitLink(f"::ffff:{PEER_IP}")
+    assert not conn.peer.admitLink("192.0.2.8")
+    assert not conn.peer.admitLink("10.1.2.3")
+    assert not conn.peer.admitLink("not an address")
 
     allowing = make_conn(link_allow=(ipaddress.ip_network("10.0.0.0/8"),))
-    assert allowing.admitLink("10.1.2.3")
-    assert allowing.admitLink("::ffff:10.1.2.3")
-    assert allowing.admitLink(PEER_IP)
-    assert not allowing.admitLink("11.1.2.3")
+    assert allowing.peer.admitLink("10.1.2.3")
+    assert allowing.peer.admitLink("::ffff:10.1.2.3")
+    assert allowing.peer.admitLink(PEER_IP)
+    assert not allowing.peer.admitLink("11.1.2.3")
 
     secret = make_conn(secret=b"x" * 32)
-    assert secret.admitLink("198.51.100.1") and secret.admitLink("2001:db8::1")
+    assert secret.peer.admitLink("198.51.100.1") and secret.peer.admitLink("2001:db8::1")
 
-    factory = LinkServerFactory(conn)
+    factory = LinkServerFactory(conn.peer)
     assert factory.buildProtocol(IPv4Address("TCP", "192.0.2.8", 50000)) is None
     admitted = factory.buildProtocol(IPv4Address("TCP", PEER_IP, 50000))
     assert isinstance(admitted, LinkProtocol) and admitted.source == PEER_IP
@@ -252,14 +252,14 @@ def test_refusals_are_logged_with_their_source_and_summarised(warned: Logged) ->
     and refusals that go on give at most one line per 10 s."""
     conn = make_conn()
     reactor = conn.clock
-    conn.admitLink("198.51.100.1")
+    conn.peer.admitLink("198.51.100.1")
     (first,) = warned.lines()
     assert "198.51.100.1" in first and PEER_IP in first and NAME in first
 
     warned.events.clear()
     reactor.advance(60)
     for i in range(600):
-        conn.admitLink(f"198.51.100.{i % 250 + 2}")
+        conn.peer.admitLink(f"198.51.100.{i % 250 + 2}")
     assert len(warned.lines()) == 1
     reactor.advance(9.9)
     assert len(warned.lines()) == 1
@@ -275,7 +275,7 @@ def test_refusals_are_logged_with_their_source_and_summarised(warned: Logged) ->
     warned.events.clear()
     warned.clock = reactor
     for _ in range(600):  # eight a second for 75 s
-        conn.admitLink("198.51.100.1")
+        conn.peer.admitLink("198.51.100.1")
         reactor.advance(0.125)
     advance(reactor, 10)
     lines = warned.lines()
@@ -293,70 +293,70 @@ def test_a_hello_naming_another_connection_is_rejected_unknown_connection(
     """A HELLO naming neither the connection nor its drbdadm mirror gets REJECT
     UNKNOWN_CONNECTION (logged with its source); the mirror and the name itself are accepted."""
     conn = make_conn("r0-bob-alice")
-    _, transport, outcome = hello(conn, "r0-carol-alice", LinkRole.CONTROL, LOW_SESSION,
+    _, transport, outcome = hello(conn, "r0-carol-alice", LinkRole.META, LOW_SESSION,
                                   source="127.0.0.9")
     assert isinstance(outcome, Rejected) and outcome.reason is RejectReason.UNKNOWN_CONNECTION
-    assert conn.control is None
+    assert conn.meta is None
     assert transport.events == ["unregister", "lose"]  # closed after the REJECT
     (line,) = warned.lines()
-    assert "127.0.0.9" in line and "control link of r0-bob-alice" in line
+    assert "127.0.0.9" in line and "meta link of r0-bob-alice" in line
 
-    _, _, outcome = hello(conn, "r0-alice-bob", LinkRole.CONTROL, LOW_SESSION)
-    assert isinstance(outcome, Accepted) and conn.control is not None
+    _, _, outcome = hello(conn, "r0-alice-bob", LinkRole.META, LOW_SESSION)
+    assert isinstance(outcome, Accepted) and conn.meta is not None
 
     other = make_conn("r0-bob-alice")
-    _, _, outcome = hello(other, "r0-bob-alice", LinkRole.CONTROL, LOW_SESSION)
+    _, _, outcome = hello(other, "r0-bob-alice", LinkRole.META, LOW_SESSION)
     assert isinstance(outcome, Accepted)
 
 
-def test_a_second_control_hello_is_duplicate_control_until_the_live_one_is_silent(
+def test_a_second_meta_hello_is_duplicate_meta_until_the_live_one_is_silent(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """While the control link is alive (heard from within ping-timeout, 10 s), a new control
-    HELLO gets DUPLICATE_CONTROL, whatever its session. Once the live link has been silent for
+    """While the meta link is alive (heard from within ping-timeout, 10 s), a new control
+    HELLO gets DUPLICATE_META, whatever its session. Once the live link has been silent for
     more than ping-timeout but the heartbeat has not dropped it yet (it looks every 2 s), the
     newcomer is accepted and replaces it: the old links are aborted, DRBD's state goes back to
-    Connecting and the new control link is the connection's."""
+    Connecting and the new meta link is the connection's."""
     env = make_env(monkeypatch)
     conn = env.conn
     for session in (LOW_SESSION, HIGH_SESSION):
-        _, _, outcome = hello(conn, NAME, LinkRole.CONTROL, session)
+        _, _, outcome = hello(conn, NAME, LinkRole.META, session)
         assert isinstance(outcome, Rejected)
-        assert outcome.reason is RejectReason.DUPLICATE_CONTROL
+        assert outcome.reason is RejectReason.DUPLICATE_META
     advance(env.reactor, 10.0)  # silent for exactly ping-timeout: still alive
-    _, _, outcome = hello(conn, NAME, LinkRole.CONTROL, LOW_SESSION)
-    assert isinstance(outcome, Rejected) and outcome.reason is RejectReason.DUPLICATE_CONTROL
-    assert env.control.transport.aborts == 0
+    _, _, outcome = hello(conn, NAME, LinkRole.META, LOW_SESSION)
+    assert isinstance(outcome, Rejected) and outcome.reason is RejectReason.DUPLICATE_META
+    assert env.meta.transport.aborts == 0
 
     advance(env.reactor, 0.5)
-    assert env.control.transport.aborts == 0  # the heartbeat's next look is at 12 s
-    new, _, outcome = hello(conn, NAME, LinkRole.CONTROL, LOW_SESSION)
+    assert env.meta.transport.aborts == 0  # the heartbeat's next look is at 12 s
+    new, _, outcome = hello(conn, NAME, LinkRole.META, LOW_SESSION)
     assert isinstance(outcome, Accepted)
-    assert conn.control is new
-    assert env.control.transport.aborts == 1 and env.bulk.transport.aborts == 1
+    assert conn.meta is new
+    assert env.meta.transport.aborts == 1 and env.bulk.transport.aborts == 1
     assert conn.state == State.CONNECTING and conn.reconnects == 1
     # The old links' loss comes afterwards and changes nothing.
-    env.control.link.connectionLost(Failure(ConnectionLost()))
+    env.meta.link.connectionLost(Failure(ConnectionLost()))
     env.bulk.link.connectionLost(Failure(ConnectionLost()))
-    assert conn.control is new and new.transport.aborts == 0
+    assert conn.meta is new and new.transport.aborts == 0
 
 
-def test_a_silent_control_link_dropped_by_the_heartbeat_makes_way_for_a_new_one(
+def test_a_silent_meta_link_dropped_by_the_heartbeat_makes_way_for_a_new_one(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The heartbeat drops a control link silent for more than ping-timeout at its next beat
-    (12 s here); once that link is lost, a new control HELLO is accepted as the connection's
-    control link, and its bulk link brings the connection back to ProxyConnected."""
+    """The heartbeat drops a meta link silent for more than ping-timeout at its next beat
+    (12 s here); once that link is lost, a new meta HELLO is accepted as the connection's
+    meta link, and its bulk link brings the connection back to ProxyConnected."""
     env = make_env(monkeypatch)
     conn = env.conn
     advance(env.reactor, 11.875)
-    assert env.control.transport.aborts == 0
+    assert env.meta.transport.aborts == 0
     advance(env.reactor, 0.125)
-    assert env.control.transport.aborts == 1
-    env.control.link.connectionLost(Failure(ConnectionLost()))
-    assert conn.control is None and conn.state == State.CONNECTING
+    assert env.meta.transport.aborts == 1
+    env.meta.link.connectionLost(Failure(ConnectionLost()))
+    assert conn.meta is None and conn.state == State.CONNECTING
     assert env.bulk.transport.aborts == 1
 
-    new = peer_link(conn, LinkRole.CONTROL, LOW_SESSION)
-    assert conn.control is new.link
+    new = peer_link(conn, LinkRole.META, LOW_SESSION)
+    assert conn.meta is new.link
     peer_link(conn, LinkRole.BULK, LOW_SESSION)
     assert conn.state == State.PROXY_CONNECTED
 
@@ -365,7 +365,7 @@ def authenticated_hello(conn: ProxyConnection, secret: bytes, session: bytes
                         ) -> tuple[LinkProtocol, Transport, Rejected | Accepted]:
     """The peer dials with the link secret and proves it: what our side answered at the end."""
     link, transport = server_link(conn, "198.51.100.1")
-    peer = ClientHandshake(NAME, LinkRole.CONTROL, session, [0], secret=secret)
+    peer = ClientHandshake(NAME, LinkRole.META, session, [0], secret=secret)
     decoder = peer.decoder()
     link.dataReceived(peer.hello())
     outcome: Any = None
@@ -378,20 +378,20 @@ def authenticated_hello(conn: ProxyConnection, secret: bytes, session: bytes
     return link, transport, outcome
 
 
-def test_with_a_secret_a_greater_authenticated_session_replaces_the_live_control_link() -> None:
+def test_with_a_secret_a_greater_authenticated_session_replaces_the_live_meta_link() -> None:
     """With a link secret, a peer that proved it and brings a greater session id than the live
-    control link's (the peer restarted) replaces that link at once; a smaller one gets
-    DUPLICATE_CONTROL while the live link is not silent."""
+    meta link's (the peer restarted) replaces that link at once; a smaller one gets
+    DUPLICATE_META while the live link is not silent."""
     secret = b"x" * 32
     conn = make_conn(secret=secret)
     middle = b"\x80" + bytes(15)
     first, first_t, outcome = authenticated_hello(conn, secret, middle)
-    assert isinstance(outcome, Accepted) and conn.control is first
+    assert isinstance(outcome, Accepted) and conn.meta is first
     _, _, outcome = authenticated_hello(conn, secret, LOW_SESSION)
-    assert isinstance(outcome, Rejected) and outcome.reason is RejectReason.DUPLICATE_CONTROL
-    assert conn.control is first and first_t.aborts == 0
+    assert isinstance(outcome, Rejected) and outcome.reason is RejectReason.DUPLICATE_META
+    assert conn.meta is first and first_t.aborts == 0
     second, _, outcome = authenticated_hello(conn, secret, HIGH_SESSION)
-    assert isinstance(outcome, Accepted) and conn.control is second
+    assert isinstance(outcome, Accepted) and conn.meta is second
     assert first_t.aborts == 1
 
 
@@ -399,27 +399,27 @@ def test_with_a_secret_a_greater_authenticated_session_replaces_the_live_control
 
 
 def test_crossed_dials_our_pending_dial_wins_against_a_smaller_session() -> None:
-    """Our control dial is in progress (connect not done) and the peer's control HELLO carries a
-    smaller session id than ours: it is refused DUPLICATE_CONTROL and our dial goes on."""
+    """Our meta dial is in progress (connect not done) and the peer's meta HELLO carries a
+    smaller session id than ours: it is refused DUPLICATE_META and our dial goes on."""
     conn = make_conn()
     factory, connector = dial(conn)
-    assert conn._session is not None and conn._session > LOW_SESSION
-    _, _, outcome = hello(conn, NAME, LinkRole.CONTROL, LOW_SESSION)
-    assert isinstance(outcome, Rejected) and outcome.reason is RejectReason.DUPLICATE_CONTROL
-    assert conn._outgoing is factory and not connector._disconnected
-    assert conn.control is None
+    assert conn.links.session is not None and conn.links.session > LOW_SESSION
+    _, _, outcome = hello(conn, NAME, LinkRole.META, LOW_SESSION)
+    assert isinstance(outcome, Rejected) and outcome.reason is RejectReason.DUPLICATE_META
+    assert conn.links.outgoing is factory and not connector._disconnected
+    assert conn.meta is None
 
 
 def test_crossed_dials_a_greater_peer_session_wins_and_our_pending_connect_is_abandoned(
         warned: Logged) -> None:
-    """Our control dial is still connecting and the peer's control HELLO carries a greater
+    """Our meta dial is still connecting and the peer's meta HELLO carries a greater
     session id: it is accepted, our connect is disconnected, and the connection goes on with the
     peer's session (its bulk link is accepted, ProxyConnected). The abandoned dial's failure
     changes nothing, and no redial is scheduled while the peer's link is up."""
     conn = make_conn()
     factory, connector = dial(conn)
-    control = peer_link(conn, LinkRole.CONTROL, HIGH_SESSION)
-    assert conn.control is control.link and conn._outgoing is None
+    control = peer_link(conn, LinkRole.META, HIGH_SESSION)
+    assert conn.meta is control.link and conn.links.outgoing is None
     assert connector._disconnected
     factory.clientConnectionFailed(connector, Failure(UserError()))  # what disconnect() leads to
     peer_link(conn, LinkRole.BULK, HIGH_SESSION)
@@ -433,18 +433,18 @@ def test_crossed_dials_a_greater_peer_session_wins_and_our_pending_connect_is_ab
 
 
 def test_crossed_dials_a_greater_peer_session_fails_our_connected_outgoing_link() -> None:
-    """Our outgoing control link is connected (HELLO sent, no answer yet) when the peer's control
+    """Our outgoing meta link is connected (HELLO sent, no answer yet) when the peer's meta
     HELLO with a greater session arrives: it is accepted and our link is failed (aborted); our
     link's loss then leaves the peer's link up, the state unchanged, and no redial."""
     conn = make_conn()
     factory, _ = dial(conn)
     ours, ours_t, _ = connect_outgoing(factory)
-    control = peer_link(conn, LinkRole.CONTROL, HIGH_SESSION)
-    assert conn.control is control.link and conn._outgoing is None
+    control = peer_link(conn, LinkRole.META, HIGH_SESSION)
+    assert conn.meta is control.link and conn.links.outgoing is None
     assert ours_t.aborts == 1
     peer_link(conn, LinkRole.BULK, HIGH_SESSION)
     ours.connectionLost(Failure(ConnectionLost()))
-    assert conn.control is control.link and conn.state == State.PROXY_CONNECTED
+    assert conn.meta is control.link and conn.state == State.PROXY_CONNECTED
     assert control.transport.events == [] and conn.reconnects == 0
     clients = len(conn.clock.tcpClients)
     conn.clock.advance(1)
@@ -452,22 +452,22 @@ def test_crossed_dials_a_greater_peer_session_fails_our_connected_outgoing_link(
     conn.stopService()
 
 
-def test_crossed_dials_our_link_refused_duplicate_control_leaves_the_peer_link_up() -> None:
-    """The peer refuses our outgoing control link with DUPLICATE_CONTROL (its session won) and
-    its own control link reaches us: the peer's link is accepted and stays up through our link's
+def test_crossed_dials_our_link_refused_duplicate_meta_leaves_the_peer_link_up() -> None:
+    """The peer refuses our outgoing meta link with DUPLICATE_META (its session won) and
+    its own meta link reaches us: the peer's link is accepted and stays up through our link's
     REJECT and loss, and no redial follows."""
     conn = make_conn()
     factory, _ = dial(conn)
     ours, ours_t, _ = connect_outgoing(factory)
-    refuse(ours, RejectReason.DUPLICATE_CONTROL)
+    refuse(ours, RejectReason.DUPLICATE_META)
     assert ours_t.events == ["unregister", "lose"]  # closed after the REJECT
-    control = peer_link(conn, LinkRole.CONTROL, HIGH_SESSION)
+    control = peer_link(conn, LinkRole.META, HIGH_SESSION)
     bulk = peer_link(conn, LinkRole.BULK, HIGH_SESSION)
     assert conn.state == State.PROXY_CONNECTED
 
     ours.connectionLost(Failure(ConnectionDone()))
 
-    assert conn.control is control.link and conn.bulk is bulk.link
+    assert conn.meta is control.link and conn.bulk is bulk.link
     assert conn.state == State.PROXY_CONNECTED and conn.reconnects == 0
     assert control.transport.events == [] and bulk.transport.events == []
     clients = len(conn.clock.tcpClients)
@@ -477,31 +477,31 @@ def test_crossed_dials_our_link_refused_duplicate_control_leaves_the_peer_link_u
     conn.stopService()
 
 
-def test_crossed_dials_our_link_refused_duplicate_control_before_the_peer_link_arrives() -> None:
-    """The peer refuses our outgoing control link with DUPLICATE_CONTROL and the link is gone
-    before the peer's own control link reaches us: the peer's link is accepted, and the redial
+def test_crossed_dials_our_link_refused_duplicate_meta_before_the_peer_link_arrives() -> None:
+    """The peer refuses our outgoing meta link with DUPLICATE_META and the link is gone
+    before the peer's own meta link reaches us: the peer's link is accepted, and the redial
     scheduled meanwhile does not dial once the peer's link is up."""
     conn = make_conn()
     factory, _ = dial(conn)
     ours, _, _ = connect_outgoing(factory)
-    refuse(ours, RejectReason.DUPLICATE_CONTROL)
+    refuse(ours, RejectReason.DUPLICATE_META)
     ours.connectionLost(Failure(ConnectionDone()))
-    assert conn._outgoing is None and conn._retry is not None and conn._retry.active()
+    assert conn.links.outgoing is None and conn.links.retry is not None and conn.links.retry.active()
     clients = len(conn.clock.tcpClients)
-    control = peer_link(conn, LinkRole.CONTROL, HIGH_SESSION)
+    control = peer_link(conn, LinkRole.META, HIGH_SESSION)
     peer_link(conn, LinkRole.BULK, HIGH_SESSION)
     control.feed(Ping(1, 0))
     conn.clock.advance(1)
     assert len(conn.clock.tcpClients) == clients
-    assert conn.control is control.link and conn.state == State.PROXY_CONNECTED
+    assert conn.meta is control.link and conn.state == State.PROXY_CONNECTED
     conn.stopService()
 
 
 @pytest.mark.parametrize("loser", ["refused", "abandoned"])
 def test_crossed_dials_log_no_warning_for_our_losing_link(loser: str, warned: Logged) -> None:
     """BUG (fails against the current source). Crossed dials are a normal start (both proxies
-    dial; docs/link-protocol.md §4.6, "What drbdproxy does"): when our outgoing control link
-    loses, refused by the peer with DUPLICATE_CONTROL (linkRefused logs that at info, on
+    dial; docs/link-protocol.md §4.6, "What drbdproxy does"): when our outgoing meta link
+    loses, refused by the peer with DUPLICATE_META (linkRefused logs that at info, on
     purpose) or abandoned here because the peer's link won, neither the REJECT nor the losing
     link's loss is a warning. Now linkDown warns "a link of r0 from 192.0.2.7 failed before its
     handshake completed: refused: duplicate control: ..." (or "...: crossed dials: the peer
@@ -512,14 +512,14 @@ def test_crossed_dials_log_no_warning_for_our_losing_link(loser: str, warned: Lo
     factory, _ = dial(conn)
     ours, _, _ = connect_outgoing(factory)
     if loser == "refused":
-        refuse(ours, RejectReason.DUPLICATE_CONTROL)
-        control = peer_link(conn, LinkRole.CONTROL, HIGH_SESSION)
+        refuse(ours, RejectReason.DUPLICATE_META)
+        control = peer_link(conn, LinkRole.META, HIGH_SESSION)
     else:
-        control = peer_link(conn, LinkRole.CONTROL, HIGH_SESSION)
+        control = peer_link(conn, LinkRole.META, HIGH_SESSION)
         assert ours.transport.aborts == 1  # type: ignore[union-attr]
     peer_link(conn, LinkRole.BULK, HIGH_SESSION)
     ours.connectionLost(Failure(ConnectionDone() if loser == "refused" else ConnectionLost()))
-    assert conn.control is control.link and conn.state == State.PROXY_CONNECTED
+    assert conn.meta is control.link and conn.state == State.PROXY_CONNECTED
     assert warned.lines() == []
     conn.stopService()
 
@@ -532,7 +532,7 @@ def test_at_most_max_pre_handshake_links_wait_for_their_handshake() -> None:
     it). A link whose handshake completed, or that was refused, no longer counts: the next
     newcomers drop the oldest links still waiting, never those."""
     conn = make_conn()
-    factory = LinkServerFactory(conn)
+    factory = LinkServerFactory(conn.peer)
     address = IPv4Address("TCP", PEER_IP, 50000)
 
     def connect() -> tuple[LinkProtocol, Transport]:
@@ -551,10 +551,10 @@ def test_at_most_max_pre_handshake_links_wait_for_their_handshake() -> None:
 
     # Now waiting: 1..15 and extra. Link 1 completes its handshake, link 2 is refused.
     up, up_t = waiting[1]
-    up.dataReceived(ClientHandshake(NAME, LinkRole.CONTROL, LOW_SESSION, [0]).hello())
-    assert up.accepted is not None and conn.control is up
+    up.dataReceived(ClientHandshake(NAME, LinkRole.META, LOW_SESSION, [0]).hello())
+    assert up.accepted is not None and conn.meta is up
     refused, refused_t = waiting[2]
-    refused.dataReceived(ClientHandshake("other", LinkRole.CONTROL, LOW_SESSION, [0]).hello())
+    refused.dataReceived(ClientHandshake("other", LinkRole.META, LOW_SESSION, [0]).hello())
     assert refused_t.events == ["unregister", "lose"]
     newcomers = [connect(), connect()]  # 16 waiting again: nobody dropped
     assert all(t.aborts == 0 for _, t in waiting[1:] + [extra] + newcomers)
@@ -573,52 +573,52 @@ def test_at_most_max_pre_handshake_links_wait_for_their_handshake() -> None:
 
 def test_pongs_to_a_peer_that_does_not_read_are_coalesced_into_the_latest(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """While the control link's transport refuses writes, 10,000 PINGs write nothing and keep
+    """While the meta link's transport refuses writes, 10,000 PINGs write nothing and keep
     only the latest PONG; when the transport takes writes again exactly one PONG, the latest
     token's, is written, and later PINGs are answered at once again."""
     env = make_env(monkeypatch)
-    writer = env.control.link.writer
-    assert env.control.transport.producer is writer
+    writer = env.meta.link.writer
+    assert env.meta.transport.producer is writer
     writer.pauseProducing()
     for first in range(1, 10_001, 1000):
-        env.control.feed(*(Ping(token, token * 7) for token in range(first, first + 1000)))
-    assert env.control.transport.value() == b""
+        env.meta.feed(*(Ping(token, token * 7) for token in range(first, first + 1000)))
+    assert env.meta.transport.value() == b""
 
     writer.resumeProducing()
 
-    assert env.control.frames(heartbeats=True) == [Pong(10_000, 70_000)]
-    env.control.feed(Ping(10_001, 1))
-    assert env.control.frames(heartbeats=True) == [Pong(10_001, 1)]
+    assert env.meta.frames(heartbeats=True) == [Pong(10_000, 70_000)]
+    env.meta.feed(Ping(10_001, 1))
+    assert env.meta.frames(heartbeats=True) == [Pong(10_001, 1)]
 
 
 def test_a_peer_that_sends_pings_but_does_not_read_is_dropped_after_ping_timeout(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A peer that keeps sending PINGs (so it is not silent) but reads nothing of ours (the
-    control link's transport refuses writes) is dropped once it has not read for more than
+    meta link's transport refuses writes) is dropped once it has not read for more than
     ping-timeout (10 s): not before, and by the heartbeat beat after (2 s interval). Both links
     are aborted and the connection goes back to Connecting."""
     env = make_env(monkeypatch)
-    env.control.link.writer.pauseProducing()
+    env.meta.link.writer.pauseProducing()
     env.tick(10.0)
-    assert env.control.transport.aborts == 0
+    assert env.meta.transport.aborts == 0
     env.tick(4.0)
-    assert env.control.transport.aborts == 1
-    env.control.link.connectionLost(Failure(ConnectionLost()))
+    assert env.meta.transport.aborts == 1
+    env.meta.link.connectionLost(Failure(ConnectionLost()))
     assert env.bulk.transport.aborts == 1
-    assert env.conn.state == State.CONNECTING and env.conn.control is None
+    assert env.conn.state == State.CONNECTING and env.conn.meta is None
 
 
 def test_a_peer_that_reads_again_in_time_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A control link whose transport refuses writes for less than ping-timeout, then takes
+    """A meta link whose transport refuses writes for less than ping-timeout, then takes
     them again, is kept (the unread time starts afresh)."""
     env = make_env(monkeypatch)
-    writer = env.control.link.writer
+    writer = env.meta.link.writer
     for _ in range(3):
         writer.pauseProducing()
         env.tick(8.0)
         writer.resumeProducing()
         env.tick(2.0)
-    assert env.control.transport.aborts == 0
+    assert env.meta.transport.aborts == 0
     assert env.conn.state == State.PROXY_CONNECTED
 
 
@@ -644,16 +644,16 @@ def test_opens_beyond_the_concurrent_drbd_connects_are_refused(
     assert close.reason == CloseReason.REFUSED == 4
     assert env.bulk.transport.events == [] and env.conn.state == State.PROXY_CONNECTED
     sid += 2
-    env.control.feed(Open(sid, StreamKind.META, Side.CLIENT))
-    (close,) = env.control.frames()
+    env.meta.feed(Open(sid, StreamKind.META, Side.CLIENT))
+    (close,) = env.meta.frames()
     assert isinstance(close, Close) and close.stream == sid and close.reason == CloseReason.REFUSED
     assert len(env.connects) == MAX_DRBD_CONNECTS
     assert len(warned.lines("refusing stream")) == 1  # summarised
     # The peer's DISCARD and CLOSE for the refused stream are taken quietly.
-    env.control.feed(Discard(LinkRole.BULK, refused_sid, CloseReason.EOF))
+    env.meta.feed(Discard(LinkRole.BULK, refused_sid, CloseReason.EOF))
     env.bulk.feed(Close(refused_sid, CloseReason.EOF))
-    assert env.bulk.frames() == [] and env.control.frames() == []
-    assert env.bulk.transport.events == [] and env.control.transport.events == []
+    assert env.bulk.frames() == [] and env.meta.frames() == []
+    assert env.bulk.transport.events == [] and env.meta.transport.events == []
 
     env.connects[0].complete()
     sid += 2
@@ -664,7 +664,7 @@ def test_opens_beyond_the_concurrent_drbd_connects_are_refused(
     for _ in range(MAX_DRBD_CONNECTS - 1):
         sid += 2
         env.peer_opens(sid)
-    assert env.bulk.frames() == [] and env.control.frames() == []
+    assert env.bulk.frames() == [] and env.meta.frames() == []
 
 
 def test_a_peer_that_sends_opens_but_reads_none_of_the_answers_is_dropped(
@@ -701,7 +701,7 @@ def test_opens_beyond_the_streams_per_link_are_refused(monkeypatch: pytest.Monke
     (close,) = env.bulk.frames()
     assert close == Close(sid, CloseReason.REFUSED, close.message) and close.message
     assert len(env.connects) == MAX_STREAMS_PER_LINK
-    env.peer_opens(1, StreamKind.META).complete()  # the control link has its own count
+    env.peer_opens(1, StreamKind.META).complete()  # the meta link has its own count
 
     sock, _ = socks[0]
     sock.connectionLost(Failure(ConnectionDone()))  # our DRBD closes one stream
@@ -732,5 +732,51 @@ def test_inside_sockets_beyond_the_streams_per_link_are_aborted(
     assert env.bulk.frames() == []
     assert len(env.conn.streams) == MAX_STREAMS_PER_LINK
     assert len(warned.lines("refusing a DRBD connection")) == 1
-    meta, meta_t = env.inside(bytes.fromhex("83740267fff10000"))  # the control link has room
+    meta, meta_t = env.inside(bytes.fromhex("83740267fff10000"))  # the meta link has room
     assert meta_t.aborts == 0
+
+
+# -- what an operator reads when the peer proxy is not there ------------------------------------
+
+
+def test_a_connection_that_dials_itself_is_refused_and_says_so(warned: Logged) -> None:
+    """A connection whose peer address is its own outside address gets its own HELLO: it is
+    refused (not left Connecting against itself), and the warning names the address."""
+    conn = make_conn()
+    dial(conn)
+    assert conn.links.session is not None
+    _, _, outcome = hello(conn, NAME, LinkRole.META, conn.links.session)
+    assert isinstance(outcome, Rejected) and outcome.reason is RejectReason.UNKNOWN_CONNECTION
+    (line,) = warned.lines("dialled itself")
+    assert f"{PEER_IP}:7790" in line and NAME in line
+    assert conn.meta is None and conn.state == State.CONNECTING
+    conn.stopService()
+
+
+def test_a_failed_dial_is_a_warning_with_the_address_and_shows_in_status(warned: Logged) -> None:
+    """A dial that fails is logged at warn with the peer's address and the reason; the status
+    snapshot gives it as the last error and the seconds to the next dial (the backoff)."""
+    conn = make_conn()
+    factory, connector = dial(conn)
+    factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+    (line,) = warned.lines("cannot reach the peer proxy")
+    assert f"{PEER_IP}:7790" in line and "refused" in line
+    status = conn.status()
+    assert status.last_error is not None and "dial failed" in status.last_error
+    assert status.retry_in is not None and 0.16 <= status.retry_in <= 0.24
+    conn.stopService()
+
+
+def test_a_peer_killed_without_goaway_is_told_apart_from_a_deliberate_shutdown(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A link closed by a bare FIN reads as closed without a GOAWAY; a GOAWAY names the
+    peer's reason; both are the last error the status gives."""
+    env = make_env(monkeypatch)
+    env.meta.link.connectionLost(Failure(ConnectionDone()))
+    assert env.conn.status().last_error == (
+        "meta link lost: the peer closed the link without a GOAWAY (killed, or a middlebox"
+        " closed it)")
+    env = make_env(monkeypatch)
+    env.meta.feed(GoAway(GoAwayReason.SHUTDOWN, "daemon stopping"))
+    assert env.conn.status().last_error == (
+        "the peer proxy said GOAWAY: shutdown (daemon stopping)")

@@ -52,8 +52,8 @@ from drbdproxy.link.auth import (
 
 import lookups
 
-#: A second control link for a name replaces the first: these tests handshake one name repeatedly.
-Registry = functools.partial(lookups.Registry, refuse_duplicate_control=False)
+#: A second meta link for a name replaces the first: these tests handshake one name repeatedly.
+Registry = functools.partial(lookups.Registry, refuse_duplicate_meta=False)
 
 NAME = "r0-bob-alice"
 LZ4, ZSTD, ZLIB = 1, 3, 4
@@ -61,7 +61,7 @@ SECRET = b"correct horse battery staple"
 HMAC_AUTH = int(Feature.HMAC_AUTH)
 
 
-def client(secret: bytes | None = SECRET, role: LinkRole = LinkRole.CONTROL, **kw) -> ClientHandshake:
+def client(secret: bytes | None = SECRET, role: LinkRole = LinkRole.META, **kw) -> ClientHandshake:
     session = kw.pop("session", None) or new_session()
     return ClientHandshake(NAME, role, session, [LZ4, ZSTD], secret=secret, **kw)
 
@@ -150,7 +150,7 @@ def frame_types(writes: list[bytes]) -> list[FrameType]:
 
 
 @pytest.mark.parametrize("chunk", [0, 1, 7], ids=["one-shot", "byte-at-a-time", "7-bytes"])
-@pytest.mark.parametrize("role", [LinkRole.CONTROL, LinkRole.BULK])
+@pytest.mark.parametrize("role", [LinkRole.META, LinkRole.BULK])
 def test_mutual_authentication_succeeds(chunk, role):
     """With the same secret, HELLO, WELCOME, AUTH (client), AUTH (server) cross the link and both
     ends are Accepted, authenticated and ESTABLISHED, however the bytes are cut into feeds."""
@@ -206,7 +206,7 @@ def test_without_secrets_nothing_changes_on_the_wire():
     no AUTH crosses, and receive() is never Pending."""
     session, c_nonce, s_nonce = new_session(), b"c" * 32, b"s" * 32
     link = Link(client(None, session=session, nonce=c_nonce), server(None, nonce=s_nonce), chunk=1)
-    assert link.from_client == [Hello(1, 1, LinkRole.CONTROL, NAME, session, (LZ4, ZSTD), c_nonce).encode()]
+    assert link.from_client == [Hello(1, 1, LinkRole.META, NAME, session, (LZ4, ZSTD), c_nonce).encode()]
     assert link.from_server == [Welcome(1, session, (LZ4, ZLIB), s_nonce).encode()]
     assert isinstance(link.client.result, Accepted) and isinstance(link.server.result, Accepted)
     assert not link.client.result.authenticated and link.client.result.features == 0
@@ -322,7 +322,7 @@ def test_a_replayed_server_conversation_is_refused():
     session = new_session()
     good = Link(client(session=session), server())
     assert isinstance(good.client.result, Accepted)
-    victim = End(client(role=LinkRole.CONTROL, session=session))
+    victim = End(client(role=LinkRole.META, session=session))
     victim.handshake.hello()
     victim.deliver(b"".join(good.from_server))
     err = victim.result
@@ -405,7 +405,7 @@ def test_which_decoders_enter_the_authenticating_phase():
     """A server decoder with ``auth`` after any HELLO; a client decoder after a WELCOME agreeing to
     HMAC_AUTH, and with ``auth`` after any WELCOME (fail closed); plain decoders never."""
     session = new_session()
-    hello = Hello(1, 1, LinkRole.CONTROL, NAME, session, (), bytes(32)).encode()
+    hello = Hello(1, 1, LinkRole.META, NAME, session, (), bytes(32)).encode()
     plain, agreed = (Welcome(1, session, (), bytes(32), f).encode() for f in (0, HMAC_AUTH))
     cases = [(Side.SERVER, False, hello, Phase.ESTABLISHED), (Side.SERVER, True, hello, Phase.AUTHENTICATING),
              (Side.CLIENT, False, plain, Phase.ESTABLISHED), (Side.CLIENT, False, agreed, Phase.AUTHENTICATING),
@@ -440,7 +440,7 @@ def test_empty_or_non_bytes_secrets_are_refused():
 
 
 def agreed_frames(**hello_changes) -> tuple[Hello, Welcome]:
-    fields = dict(version_min=1, version_max=1, role=LinkRole.CONTROL, name=NAME, session=b"S" * 16,
+    fields = dict(version_min=1, version_max=1, role=LinkRole.META, name=NAME, session=b"S" * 16,
                   codecs=(LZ4,), nonce=b"c" * 32, features=HMAC_AUTH) | hello_changes  # fmt: skip
     hello = Hello(**fields)
     return hello, Welcome(1, hello.session, (ZLIB,), b"s" * 32, HMAC_AUTH)
@@ -482,7 +482,7 @@ def test_proof_binds_nonces_session_role_version_side_and_transcript():
 def test_the_documented_example_proofs():
     """docs/link-protocol.md §8.7: the §10 HELLO and WELCOME with HMAC_AUTH and the secret
     "example secret" give exactly the documented transcript hash and AUTH frames."""
-    hello = Hello(1, 1, LinkRole.CONTROL, "r0", bytes(range(16)), (1, 2), b"\xaa" * 32, HMAC_AUTH)
+    hello = Hello(1, 1, LinkRole.META, "r0", bytes(range(16)), (1, 2), b"\xaa" * 32, HMAC_AUTH)
     welcome = Welcome(1, bytes(range(16)), (1,), b"\xbb" * 32, HMAC_AUTH)
     assert transcript_hash(hello, welcome).hex() == "79bd6c291b304bb13c5c11eda10ff49d73dfd690b62d6433b300e9f2a8a2a211"
     client_auth = Auth(make_proof(b"example secret", Side.CLIENT, hello, welcome)).encode()

@@ -82,7 +82,7 @@ def zeros_frame(index: int) -> bytes:
 def linked(pause_after: int, count: int) -> tuple[LinkProtocol, Owner, Transport, bytes]:
     """A client link whose handshake is done, and one read holding ``count`` DATA frames."""
     owner = Owner(pause_after)
-    handshake = ClientHandshake(NAME, LinkRole.CONTROL, new_session(), [LZ4])
+    handshake = ClientHandshake(NAME, LinkRole.META, new_session(), [LZ4])
     link = LinkProtocol(owner, Side.CLIENT, handshake)
     transport = Transport()
     link.makeConnection(transport)

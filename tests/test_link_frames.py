@@ -49,7 +49,7 @@ from drbdproxy.link.frames import data_checksum, MAX_MESSAGE, MAX_STREAM_ID
 LZ4, ZSTD = 1, 3
 SESSION = bytes(range(16))
 NONCE = bytes(range(32, 64))
-HELLO = Hello(1, 1, LinkRole.CONTROL, "r0-bob-alice", SESSION, (LZ4, ZSTD), NONCE)
+HELLO = Hello(1, 1, LinkRole.META, "r0-bob-alice", SESSION, (LZ4, ZSTD), NONCE)
 WELCOME = Welcome(1, SESSION, (LZ4,), NONCE)
 
 
@@ -151,12 +151,12 @@ def test_long_messages_are_cut_on_a_character_boundary():
 def test_constructors_refuse_malformed_frames():
     """Frames validate themselves, so an encoder can never put a malformed frame on the wire."""
     bad = [
-        lambda: Hello(1, 1, LinkRole.CONTROL, "x" * 256, SESSION, (), NONCE),
-        lambda: Hello(1, 1, LinkRole.CONTROL, "", SESSION, (), NONCE),
-        lambda: Hello(2, 1, LinkRole.CONTROL, "r0", SESSION, (), NONCE),
+        lambda: Hello(1, 1, LinkRole.META, "x" * 256, SESSION, (), NONCE),
+        lambda: Hello(1, 1, LinkRole.META, "", SESSION, (), NONCE),
+        lambda: Hello(2, 1, LinkRole.META, "r0", SESSION, (), NONCE),
         lambda: Hello(1, 1, 3, "r0", SESSION, (), NONCE),
-        lambda: Hello(1, 1, LinkRole.CONTROL, "r0", SESSION[:15], (), NONCE),
-        lambda: Hello(1, 1, LinkRole.CONTROL, "r0", SESSION, (1, 1), NONCE),
+        lambda: Hello(1, 1, LinkRole.META, "r0", SESSION[:15], (), NONCE),
+        lambda: Hello(1, 1, LinkRole.META, "r0", SESSION, (1, 1), NONCE),
         lambda: Welcome(1, SESSION, (256,), NONCE),
         lambda: Open(2, StreamKind.DATA, Side.CLIENT),  # even ids are the server's
         lambda: Open(0, StreamKind.DATA, Side.SERVER),

@@ -46,7 +46,7 @@ def connect(client: ClientHandshake, server: ServerHandshake, after_welcome: byt
     return client_outcome, server_outcome, client_rx, server_rx, events[1:]
 
 
-def client(role: LinkRole = LinkRole.CONTROL, session: bytes | None = None, **kw) -> ClientHandshake:
+def client(role: LinkRole = LinkRole.META, session: bytes | None = None, **kw) -> ClientHandshake:
     return ClientHandshake(NAME, role, session or new_session(), [LZ4, ZSTD], **kw)
 
 
@@ -54,14 +54,14 @@ def server(lookup=None, **kw) -> ServerHandshake:
     return ServerHandshake(lookup or Registry(NAME), [LZ4, ZLIB], **kw)
 
 
-def test_control_link_handshake_succeeds():
-    """A control link is accepted; both ends agree on version, name, role, session, and learn the
+def test_meta_link_handshake_succeeds():
+    """A meta link is accepted; both ends agree on version, name, role, session, and learn the
     other's codecs (NONE implied), frame limit and nonce."""
     c, s = client(nonce=b"c" * 32), server(nonce=b"s" * 32)
     got_c, got_s, client_rx, server_rx, _ = connect(c, s)
     assert isinstance(got_c, Accepted) and isinstance(got_s, Accepted)
     for got in (got_c, got_s):
-        assert (got.version, got.name, got.role, got.features) == (1, NAME, LinkRole.CONTROL, 0)
+        assert (got.version, got.name, got.role, got.features) == (1, NAME, LinkRole.META, 0)
     assert got_c.session == got_s.session
     assert got_c.peer_codecs == {0, LZ4, ZLIB} and got_s.peer_codecs == {0, LZ4, ZSTD}
     assert (got_c.local_nonce, got_c.peer_nonce) == (b"c" * 32, b"s" * 32) == (got_s.peer_nonce, got_s.local_nonce)
@@ -70,7 +70,7 @@ def test_control_link_handshake_succeeds():
 
 
 def test_bulk_link_pairs_with_its_control_session():
-    """A bulk link naming the live control link's session is accepted, as the lookup sees it."""
+    """A bulk link naming the live meta link's session is accepted, as the lookup sees it."""
     registry = Registry(NAME)
     control = client()
     got_control, *_ = connect(control, server(registry))
@@ -90,7 +90,7 @@ def test_frames_pipelined_after_welcome_are_stream_frames():
 
 @pytest.mark.parametrize(
     "reason",
-    [RejectReason.UNKNOWN_CONNECTION, RejectReason.DUPLICATE_CONTROL, RejectReason.NO_SUCH_SESSION,
+    [RejectReason.UNKNOWN_CONNECTION, RejectReason.DUPLICATE_META, RejectReason.NO_SUCH_SESSION,
      RejectReason.BUSY],
 )  # fmt: skip
 def test_each_lookup_reject_reason_reaches_the_client(reason):
@@ -103,12 +103,12 @@ def test_each_lookup_reject_reason_reaches_the_client(reason):
 
 
 def test_registry_rejects_unknown_duplicate_and_orphan_links():
-    """Realistic refusals: an unconfigured name, a second control link, a bulk link with no session."""
+    """Realistic refusals: an unconfigured name, a second meta link, a bulk link with no session."""
     registry = Registry(NAME)
-    other = ClientHandshake("r9-bob-alice", LinkRole.CONTROL, new_session(), [])
+    other = ClientHandshake("r9-bob-alice", LinkRole.META, new_session(), [])
     assert connect(other, server(registry))[0].reason is RejectReason.UNKNOWN_CONNECTION
     assert isinstance(connect(client(), server(registry))[0], Accepted)
-    assert connect(client(), server(registry))[0].reason is RejectReason.DUPLICATE_CONTROL
+    assert connect(client(), server(registry))[0].reason is RejectReason.DUPLICATE_META
     assert connect(client(LinkRole.BULK), server(registry))[0].reason is RejectReason.NO_SUCH_SESSION
 
 
@@ -215,11 +215,11 @@ def test_peer_frame_limit_shapes_data_chunks():
 def test_invalid_arguments_fail_before_anything_is_sent():
     """Bad names, sessions, codecs or version ranges raise ValueError at construction."""
     with pytest.raises(ValueError):
-        ClientHandshake("x" * 256, LinkRole.CONTROL, new_session(), [])
+        ClientHandshake("x" * 256, LinkRole.META, new_session(), [])
     with pytest.raises(ValueError):
-        ClientHandshake(NAME, LinkRole.CONTROL, b"short", [])
+        ClientHandshake(NAME, LinkRole.META, b"short", [])
     with pytest.raises(ValueError):
-        ClientHandshake(NAME, LinkRole.CONTROL, new_session(), [], versions=(3, 2))
+        ClientHandshake(NAME, LinkRole.META, new_session(), [], versions=(3, 2))
     with pytest.raises(ValueError):
         ServerHandshake(Registry(), [300])
 
@@ -240,7 +240,7 @@ def test_protocol_error_becomes_an_error_frame_the_peer_decodes():
 
 def test_hello_sent_by_a_newer_client_keeps_its_extensions_ignorable():
     """A HELLO with trailing extension bytes (a later version's fields) is still understood."""
-    hello = Hello(1, 4, LinkRole.CONTROL, NAME, new_session(), (), bytes(32), extensions=b"v4 fields")
+    hello = Hello(1, 4, LinkRole.META, NAME, new_session(), (), bytes(32), extensions=b"v4 fields")
     (decoded,) = LinkDecoder(Side.SERVER).feed(hello.encode())
     reply, got = server().receive(decoded)
     assert isinstance(got, Accepted) and got.version == 1

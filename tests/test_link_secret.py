@@ -62,7 +62,7 @@ def test_an_unauthenticated_hello_gets_auth_required(tmp_path):
     pair = ProxyPair(tmp_path, alice_args=("--link-secret", secret), bob_args=("--link-secret", secret))
     try:
         port = pair.bob_out if pair.alice_out < pair.bob_out else pair.alice_out
-        hello = Hello(1, 1, LinkRole.CONTROL, "r0-x-y", new_session(), (0,), new_nonce())
+        hello = Hello(1, 1, LinkRole.META, "r0-x-y", new_session(), (0,), new_nonce())
         with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
             s.sendall(hello.encode())
             reply = b""

@@ -52,7 +52,7 @@ def test_garbage_on_the_outside_port_gets_an_error_frame_and_a_close(pair):
 def test_a_peer_speaking_another_version_is_rejected(pair):
     """A HELLO offering only link protocol version 7 gets REJECT(version mismatch)."""
     port = pair.bob_out if pair.alice_out < pair.bob_out else pair.alice_out
-    hello = Hello(7, 7, LinkRole.CONTROL, "r0-x-y", new_session(), (0,), new_nonce())
+    hello = Hello(7, 7, LinkRole.META, "r0-x-y", new_session(), (0,), new_nonce())
     frames = LinkDecoder(Side.CLIENT).feed(exchange(port, hello.encode()))
     assert isinstance(frames[0], Reject) and frames[0].reason == RejectReason.VERSION_MISMATCH
     assert "version mismatch" in frames[0].message

@@ -84,7 +84,7 @@ def test_socket_buffer_options_apply_to_link_sockets():
             return self.sock
 
     t = Transport()
-    conn.tuneLinkSocket(t)
+    conn.peer.tuneLinkSocket(t)
     # Linux doubles the value it is given, for its own bookkeeping.
     assert t.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= 1 << 20
     assert t.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 512 << 10

@@ -1,4 +1,4 @@
-"""Unit tests of the Twisted relay layer, without sockets: a ProxyConnection whose control and bulk
+"""Unit tests of the Twisted relay layer, without sockets: a ProxyConnection whose meta and bulk
 links run on StringTransports, DRBD sockets on StringTransports, and a MemoryReactorClock.
 
 The peer proxy is played by the test: its side of the handshake (ClientHandshake), the frames it
@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-import drbdproxy.relay.connection as connection_module
+import drbdproxy.relay.streamtable as streamtable_module
 from drbdproxy.codecs import Codec
 from drbdproxy.relay.connection import ProxyConnection, State
 from drbdproxy.spec import ConnectionSpec
@@ -49,7 +49,8 @@ from drbdproxy.relay.budget import Budget
 from drbdproxy.relay.encoder import Encoded, _encode_all
 from drbdproxy.control.registry import ConnectionRegistry
 from drbdproxy.relay.links import LinkProtocol
-from drbdproxy.relay.streams import DrbdSocket, InsideFactory
+from drbdproxy.relay.inside import InsideFactory
+from drbdproxy.relay.streams import DrbdSocket
 
 from lookups import Registry
 
@@ -188,19 +189,19 @@ class PeerLink:
 class Env:
     reactor: MemoryReactorClock
     conn: ProxyConnection
-    control: PeerLink
+    meta: PeerLink
     bulk: PeerLink
     connects: list[FakeConnector] = field(default_factory=list)
     _pings: int = 0
 
     def tick(self, seconds: float, step: float = 0.5) -> None:
-        """Let ``seconds`` pass with a live peer: a PING on the control link every ``step``,
+        """Let ``seconds`` pass with a live peer: a PING on the meta link every ``step``,
         so the connection's own ping-timeout never drops the links meanwhile."""
         remaining = seconds
         while remaining > 1e-9:
-            if not self.control.transport.disconnecting:
+            if not self.meta.transport.disconnecting:
                 self._pings += 1
-                self.control.feed(Ping(self._pings, 0))
+                self.meta.feed(Ping(self._pings, 0))
             d = min(step, remaining)
             self.reactor.advance(d)
             remaining -= d
@@ -216,7 +217,7 @@ class Env:
 
     def peer_opens(self, sid: int, kind: StreamKind = StreamKind.DATA) -> FakeConnector:
         """The peer's DRBD opened a socket: OPEN on its link; we start connecting to our DRBD."""
-        link = self.control if kind is StreamKind.META else self.bulk
+        link = self.meta if kind is StreamKind.META else self.bulk
         before = len(self.connects)
         link.feed(Open(sid, kind, Side.CLIENT))
         assert len(self.connects) == before + 1
@@ -224,8 +225,8 @@ class Env:
 
 
 def up_link(conn: ProxyConnection, role: LinkRole, session: bytes) -> PeerLink:
-    """A link the peer dialled to us, its handshake completed (conn.linkUp has run)."""
-    link = LinkProtocol(conn, Side.SERVER, conn.serverHandshake())
+    """A link the peer dialled to us, its handshake completed (conn.peer.linkUp has run)."""
+    link = LinkProtocol(conn.peer, Side.SERVER, conn.peer.serverHandshake())
     transport = Transport()
     link.makeConnection(transport)
     peer = ClientHandshake(conn.name, role, session, [0])
@@ -240,7 +241,7 @@ def up_link(conn: ProxyConnection, role: LinkRole, session: bytes) -> PeerLink:
 
 
 def make_env(monkeypatch: pytest.MonkeyPatch, options: dict[str, int] | None = None) -> Env:
-    """A connection with its control and bulk links up (ProxyConnected), no socket anywhere."""
+    """A connection with its meta and bulk links up (ProxyConnected), no socket anywhere."""
     reactor = MemoryReactorClock()
     connects: list[FakeConnector] = []
 
@@ -251,16 +252,16 @@ def make_env(monkeypatch: pytest.MonkeyPatch, options: dict[str, int] | None = N
         connects.append(connector)
         return connector
 
-    monkeypatch.setattr(connection_module, "connect_from", connect_from)
+    monkeypatch.setattr(streamtable_module, "connect_from", connect_from)
     # The service is not started, so it does not dial: the peer's links are the ones up.
     spec = ConnectionSpec(NAME, ("127.0.0.1", 7789), ("127.0.0.1", 7790), ("127.0.0.2", 7790),
                           ("127.0.0.1", 7788), options or {})
     conn = ProxyConnection(spec, reactor, SyncEncoder())  # type: ignore[arg-type]
     session = new_session()
-    control = up_link(conn, LinkRole.CONTROL, session)
+    control = up_link(conn, LinkRole.META, session)
     bulk = up_link(conn, LinkRole.BULK, session)
     control.frames(heartbeats=True)  # the first PING
-    assert conn.control is control.link and conn.bulk is bulk.link
+    assert conn.meta is control.link and conn.bulk is bulk.link
     assert conn.state == State.PROXY_CONNECTED
     return Env(reactor, conn, control, bulk, connects)
 
@@ -303,9 +304,9 @@ def test_peer_close_of_a_stream_whose_drbd_socket_does_not_read_closes_it_within
     assert drbd.aborts == 1
 
 
-def test_peer_discard_on_the_control_link_closes_a_bulk_stream_while_the_bulk_link_is_paused(
+def test_peer_discard_on_the_meta_link_closes_a_bulk_stream_while_the_bulk_link_is_paused(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A DISCARD on the control link for a bulk-link stream (one our DRBD opened) whose DRBD
+    """A DISCARD on the meta link for a bulk-link stream (one our DRBD opened) whose DRBD
     transport has paused its producer, so the bulk link is not being read: what we queued for
     the stream is dropped, its producer unregistered and loseConnection called at once, bulk
     reading resumes at once, and the socket is aborted exactly ping-timeout later. Nothing is
@@ -323,7 +324,7 @@ def test_peer_discard_on_the_control_link_closes_a_bulk_stream_while_the_bulk_li
     sock.dataReceived(b"b" * 4000)
     assert env.conn.budget.used == 4000 + DATA_HEADER
 
-    env.control.feed(Discard(LinkRole.BULK, sid, CloseReason.EOF))
+    env.meta.feed(Discard(LinkRole.BULK, sid, CloseReason.EOF))
 
     assert drbd.producer is None
     assert drbd.events == ["unregister", "lose"]
@@ -337,9 +338,9 @@ def test_peer_discard_on_the_control_link_closes_a_bulk_stream_while_the_bulk_li
     sock.connectionLost(Failure(ConnectionLost()))
     env.bulk.link.writer.resumeProducing()
     assert env.bulk.frames() == []
-    assert env.control.frames() == []
+    assert env.meta.frames() == []
     assert env.conn.streams == {}
-    assert env.conn.discarded() == (4000, 0)
+    assert env.conn.table.discardedBytes() == (4000, 0)
 
 
 def test_counters_of_a_stream_closed_by_the_peer_stay_counted_while_its_drbd_socket_closes(
@@ -358,16 +359,16 @@ def test_counters_of_a_stream_closed_by_the_peer_stay_counted_while_its_drbd_soc
     sock.dataReceived(b"b" * 4000)  # queued: discarded by the DISCARD
     expected = {"data": {"to_peer": 4100, "to_peer_wire": 4100,
                          "from_peer": 1000, "from_peer_wire": 1000}}
-    assert env.conn.totals() == expected
+    assert env.conn.table.totals() == expected
     packets = ("data", "to_peer", "P_INITIAL_DATA")
-    assert env.conn.packet_counts()[packets] == 1
+    assert env.conn.table.packet_counts()[packets] == 1
 
-    env.control.feed(Discard(LinkRole.BULK, opened.stream, CloseReason.EOF))
+    env.meta.feed(Discard(LinkRole.BULK, opened.stream, CloseReason.EOF))
     assert drbd.events == ["unregister", "lose"]  # closing: its loss comes within ping-timeout
 
-    during = (env.conn.totals(), env.conn.discarded(), env.conn.packet_counts()[packets])
+    during = (env.conn.table.totals(), env.conn.table.discardedBytes(), env.conn.table.packet_counts()[packets])
     sock.connectionLost(Failure(ConnectionLost()))
-    after = (env.conn.totals(), env.conn.discarded(), env.conn.packet_counts()[packets])
+    after = (env.conn.table.totals(), env.conn.table.discardedBytes(), env.conn.table.packet_counts()[packets])
     assert after == (expected, (4000, 0), 1)
     assert during == after
 
@@ -379,7 +380,7 @@ def test_our_drbd_socket_closing_drops_its_queued_frames_and_tells_the_peer_on_b
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Our DRBD closes a data socket while DATA frames of its stream wait in the bulk writer:
     they are dropped (only the other stream's frame stays in the budget), a CLOSE is queued on
-    the bulk link, a DISCARD is written on the control link at once, and the connection counts
+    the bulk link, a DISCARD is written on the meta link at once, and the connection counts
     exactly the dropped raw bytes as discarded to the peer."""
     env = make_env(monkeypatch)
     sock, drbd = env.inside(P_INITIAL_DATA + b"a" * 100)
@@ -399,9 +400,9 @@ def test_our_drbd_socket_closing_drops_its_queued_frames_and_tells_the_peer_on_b
     sock.connectionLost(Failure(ConnectionDone()))
 
     assert env.conn.budget.used == 700 + DATA_HEADER
-    assert env.control.frames() == [Discard(LinkRole.BULK, sid, CloseReason.EOF)]
-    assert env.conn.discarded() == (8000, 0)
-    assert env.conn.discarded_to_peer == 8000
+    assert env.meta.frames() == [Discard(LinkRole.BULK, sid, CloseReason.EOF)]
+    assert env.conn.table.discardedBytes() == (8000, 0)
+    assert env.conn.table.discarded_to_peer == 8000
     assert (env.bulk.link, sid) not in env.conn.streams
     env.bulk.transport.producer.resumeProducing()
     after = env.bulk.frames()
@@ -424,11 +425,11 @@ def test_a_stream_whose_open_is_still_queued_vanishes_without_a_trace(
     sock.connectionLost(Failure(ConnectionDone()))
 
     assert env.conn.budget.used == 0
-    assert env.conn.discarded() == (1008, 0)
+    assert env.conn.table.discardedBytes() == (1008, 0)
     assert env.conn.streams == {}
     env.bulk.transport.producer.resumeProducing()
     assert env.bulk.transport.value() == b""
-    assert env.control.frames() == []
+    assert env.meta.frames() == []
 
 
 # -- 5: counted once -----------------------------------------------------------------------------
@@ -449,7 +450,7 @@ def test_a_stream_torn_down_and_then_lost_is_counted_once(
     assert env.conn.state == State.CONNECTING
     sock.connectionLost(Failure(ConnectionLost()))
 
-    totals = env.conn.totals()
+    totals = env.conn.table.totals()
     assert totals["data"]["to_peer"] == 1000 and totals["data"]["to_peer_wire"] == 1000
     assert totals["data"]["from_peer"] == 300 and totals["data"]["from_peer_wire"] == 300
     registry = ConnectionRegistry(env.reactor)
@@ -481,7 +482,7 @@ def test_a_connect_to_drbd_in_progress_at_teardown_is_cancelled_and_never_attach
     assert len(env.connects) == 1  # no retry from another source port
     assert env.conn.streams == {}
     assert env.conn.budget.used == 0
-    assert env.conn.discarded() == (0, 500)
+    assert env.conn.table.discardedBytes() == (0, 500)
 
     sock, drbd = connector.complete()
     assert drbd.events == ["abort"]
@@ -491,25 +492,25 @@ def test_a_connect_to_drbd_in_progress_at_teardown_is_cancelled_and_never_attach
     assert env.conn.budget.paused and drbd.producerState == "producing"
     sock.connectionLost(Failure(ConnectionLost()))
     assert env.conn.streams == {}
-    assert env.conn.totals()["data"]["from_peer"] == 500
+    assert env.conn.table.totals()["data"]["from_peer"] == 500
 
 
 def test_a_discard_that_overtakes_its_open_means_no_connect_and_later_data_is_dropped(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A DISCARD on the control link for a bulk stream whose OPEN is still on the bulk link:
+    """A DISCARD on the meta link for a bulk stream whose OPEN is still on the bulk link:
     when the OPEN comes, no connect to DRBD is made; DATA that follows for the stream is dropped
     and counted in dropped_after_close (and as discarded from the peer)."""
     env = make_env(monkeypatch)
-    env.control.feed(Discard(LinkRole.BULK, PEER_SID, CloseReason.EOF))
+    env.meta.feed(Discard(LinkRole.BULK, PEER_SID, CloseReason.EOF))
     env.bulk.feed(Open(PEER_SID, StreamKind.DATA, Side.CLIENT),
                   drbd_data(PEER_SID, b"p" * 400), drbd_data(PEER_SID, b"q" * 100))
 
     assert env.connects == []
     assert env.conn.streams == {}
-    assert env.conn.dropped_after_close == 500
-    assert env.conn.discarded() == (0, 500)
-    assert env.bulk.transport.events == [] and env.control.transport.events == []
-    assert env.bulk.frames() == [] and env.control.frames() == []
+    assert env.conn.table.dropped_after_close == 500
+    assert env.conn.table.discardedBytes() == (0, 500)
+    assert env.bulk.transport.events == [] and env.meta.transport.events == []
+    assert env.bulk.frames() == [] and env.meta.frames() == []
 
 
 # -- 8: GOAWAY ----------------------------------------------------------------------------------
@@ -529,23 +530,23 @@ def test_stop_service_says_goaway_last_and_closes_within_ping_timeout(
     fired: list[object] = []
     done.addCallback(fired.append)
 
-    for peer in (env.control, env.bulk):
+    for peer in (env.meta, env.bulk):
         frames = peer.frames()
         assert frames and frames[-1] == GoAway(GoAwayReason.CONNECTION_REMOVED, "")
         assert peer.transport.events == ["unregister", "lose"]
     assert drbd.aborts == 1
     env.reactor.advance(5)
-    env.control.link.connectionLost(Failure(ConnectionDone()))
+    env.meta.link.connectionLost(Failure(ConnectionDone()))
     assert fired == []
     env.reactor.advance(4.9)
-    assert env.control.transport.aborts == env.bulk.transport.aborts == 0
+    assert env.meta.transport.aborts == env.bulk.transport.aborts == 0
     env.reactor.advance(0.2)
     assert env.bulk.transport.aborts == 1
-    assert env.control.transport.aborts == 0
+    assert env.meta.transport.aborts == 0
     assert fired == []
     env.bulk.link.connectionLost(Failure(ConnectionLost()))
     assert fired == [None]
-    assert env.control.transport.value() == env.bulk.transport.value() == b""
+    assert env.meta.transport.value() == env.bulk.transport.value() == b""
 
 
 # -- 9: drain rate -------------------------------------------------------------------------------
@@ -608,15 +609,15 @@ def test_a_link_without_a_handshake_is_aborted_after_the_handshake_timeout(
     spec = ConnectionSpec(NAME, ("127.0.0.1", 7789), ("127.0.0.1", 7790), ("127.0.0.2", 7790),
                           ("127.0.0.1", 7788))
     conn = ProxyConnection(spec, reactor, SyncEncoder())  # type: ignore[arg-type]
-    mute = LinkProtocol(conn, Side.SERVER, conn.serverHandshake())
+    mute = LinkProtocol(conn.peer, Side.SERVER, conn.peer.serverHandshake())
     assert mute.handshake_timeout == 10.0
     mute_t = Transport()
     mute.makeConnection(mute_t)
-    good = LinkProtocol(conn, Side.SERVER, conn.serverHandshake())
+    good = LinkProtocol(conn.peer, Side.SERVER, conn.peer.serverHandshake())
     good_t = Transport()
     good.makeConnection(good_t)
     reactor.advance(5)
-    good.dataReceived(ClientHandshake(NAME, LinkRole.CONTROL, new_session(), [0]).hello())
+    good.dataReceived(ClientHandshake(NAME, LinkRole.META, new_session(), [0]).hello())
     assert good.accepted is not None
     reactor.advance(4.9)
     assert mute_t.aborts == 0
@@ -662,7 +663,7 @@ def stalled_link() -> tuple[LinkProtocol, Owner, Transport, LinkDecoder]:
     """A client link, handshake done, whose far side stopped reading: its transport paused the
     frame writer, and a frame waits in the writer's queue."""
     owner = Owner()
-    handshake = ClientHandshake(NAME, LinkRole.CONTROL, new_session(), [0])
+    handshake = ClientHandshake(NAME, LinkRole.META, new_session(), [0])
     link = LinkProtocol(owner, Side.CLIENT, handshake)
     transport = Transport()
     link.makeConnection(transport)
@@ -732,7 +733,7 @@ def test_a_reset_of_a_paused_drbd_socket_is_seen_at_the_next_heartbeat(
     kernel (TCP_INFO) and closes the stream, telling the peer with DISCARD."""
     env = make_env(monkeypatch, {"ping-timeout": 20})
     data, _ = paused_session(env)
-    env.control.frames(heartbeats=True)
+    env.meta.frames(heartbeats=True)
     env.tick(1.0)
     assert data.aborts == 0
     data.handle.tcp_state = 7  # reset by DRBD
@@ -773,7 +774,7 @@ def test_link_sockets_ask_for_bbr_by_default_and_follow_set_link_cc(
     sockets at once, `system` leaves them alone; statistics report what the kernel runs."""
     env = make_env(monkeypatch)
     cc = (socket.IPPROTO_TCP, socket.TCP_CONGESTION)
-    for link in (env.control, env.bulk):
+    for link in (env.meta, env.bulk):
         assert [o[2] for o in link.transport.handle.options if o[:2] == cc] == [b"bbr"]
     registry = ConnectionRegistry(env.reactor)
     env.conn.setName(NAME)
@@ -797,7 +798,7 @@ def test_a_congestion_control_the_kernel_lacks_leaves_the_system_default(
     env = make_env(monkeypatch)
     available = open("/proc/sys/net/ipv4/tcp_available_congestion_control").read().split()
     with socket.socket() as real:
-        env.conn._setCongestionControl(real)
+        env.conn.peer._tuning.congestionControl(real, "bbr", asked=False)
         got = real.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).rstrip(b"\0")
         assert got == b"bbr" if "bbr" in available else got.decode() in available
 
@@ -805,4 +806,4 @@ def test_a_congestion_control_the_kernel_lacks_leaves_the_system_default(
             def setsockopt(self, *args: Any) -> None:
                 raise OSError(2, "No such file or directory")
 
-        env.conn._setCongestionControl(Lacking())  # logged, not raised
+        env.conn.peer._tuning.congestionControl(Lacking(), "bbr", asked=False)  # logged, not raised

@@ -3,7 +3,7 @@
 Real daemons, real sockets. Each party has its own loopback address (Linux routes all of 127/8
 to lo): alice 127.0.0.1, bob 127.0.0.2, a stranger 127.0.0.3. Links are not authenticated (no
 --link-secret, no TLS), so a link is accepted only from the configured peer's IP, a HELLO must
-name the connection (or its drbdadm mirror), and a live control link is never replaced. Where a
+name the connection (or its drbdadm mirror), and a live meta link is never replaced. Where a
 test plays bob itself it speaks the link protocol with the sans-IO ``drbdproxy.link`` package.
 
 Every figure measured is printed (``pytest -s`` shows them).
@@ -134,7 +134,7 @@ def dial(source: str, port: int, host: str = ALICE, timeout: float = 10) -> sock
     return s
 
 
-def hello(name: str, role: LinkRole = LinkRole.CONTROL, session: bytes | None = None) -> bytes:
+def hello(name: str, role: LinkRole = LinkRole.META, session: bytes | None = None) -> bytes:
     return ClientHandshake(name, role, session or new_session(), [0]).hello()
 
 
@@ -207,7 +207,7 @@ def assert_no_reconnects(pair: ProxyPair) -> None:
 
 class FakeBob:
     """Plays bob's proxy for an alice daemon configured with bob at 127.0.0.2: it never dials
-    alice, it accepts her dial (her control link, then her bulk link) with the sans-IO server
+    alice, it accepts her dial (her meta link, then her bulk link) with the sans-IO server
     handshake."""
 
     def __init__(self) -> None:
@@ -217,7 +217,7 @@ class FakeBob:
 
     def accept_links(self, timeout: float = 30) -> None:
         self.server.settimeout(timeout)
-        for expected in (LinkRole.CONTROL, LinkRole.BULK):
+        for expected in (LinkRole.META, LinkRole.BULK):
             sock, _ = self.server.accept()
             sock.settimeout(timeout)
             handshake = ServerHandshake(lambda name, role, session: None, [0])
@@ -288,7 +288,7 @@ def test_strangers_and_wrong_names_are_refused_while_replicating(tmp_path, sims)
         while primary.proc.poll() is None or rounds == 0:
             session = new_session()
             for what, source, data in (
-                ("stranger control", STRANGER, hello(BOBS_NAME, LinkRole.CONTROL, session)),
+                ("stranger control", STRANGER, hello(BOBS_NAME, LinkRole.META, session)),
                 ("stranger bulk", STRANGER, hello(BOBS_NAME, LinkRole.BULK, session)),
                 ("wrong name from bob's IP", BOB, hello("r0-mallory-alice")),
             ):
@@ -317,20 +317,20 @@ def test_strangers_and_wrong_names_are_refused_while_replicating(tmp_path, sims)
         pair.stop()
 
 
-def test_a_second_control_hello_from_the_peer_address_gets_duplicate_control(pair, sims):
-    """While the real control link is alive, a control HELLO with the right name from bob's own
-    address (127.0.0.2) gets REJECT DUPLICATE_CONTROL and does not replace the live link: no
+def test_a_second_meta_hello_from_the_peer_address_gets_duplicate_meta(pair, sims):
+    """While the real meta link is alive, a control HELLO with the right name from bob's own
+    address (127.0.0.2) gets REJECT DUPLICATE_META and does not replace the live link: no
     reconnect on either proxy, and a replication afterwards verifies."""
     reply, elapsed = attempt(BOB, pair.alice_out, hello(BOBS_NAME))
     frames = frames_of(reply)
     print(f"\n[2] second control HELLO from {BOB}: {frames} after {elapsed * 1000:.1f} ms")
     assert len(frames) == 1 and isinstance(frames[0], Reject), frames
-    assert frames[0].reason == RejectReason.DUPLICATE_CONTROL, frames[0]
+    assert frames[0].reason == RejectReason.DUPLICATE_META, frames[0]
     p = finish_replication(*start_replication(pair, sims, "16M"))
     print(f"[2] replication afterwards: {p['bytes'] / MiB:.0f} MiB at {p['mb_per_s']} MB/s,"
           f" verified")
     assert_no_reconnects(pair)
-    assert "new control link" not in "".join(pair.alice.log + pair.bob.log)
+    assert "new meta link" not in "".join(pair.alice.log + pair.bob.log)
 
 
 # -- 3 and 4: floods from the configured peer address ----------------------------------------------
@@ -340,7 +340,7 @@ def test_a_ping_flood_that_never_reads_keeps_alice_small_and_answering(alice_and
     are refused) and `list connections` answers throughout. She then drops the link because
     the peer does not read it (within ping-timeout of her writes being refused)."""
     alice, bob, _ = alice_and_fake_bob
-    control, _ = bob.links[LinkRole.CONTROL]
+    control, _ = bob.links[LinkRole.META]
     pid = alice.proc.pid
     batch = b"".join(Ping(i + 1, i).encode() for i in range(4096))
     done = threading.Event()
@@ -387,7 +387,7 @@ def test_a_ping_flood_that_never_reads_keeps_alice_small_and_answering(alice_and
 
 class OpenFlood:
     """The fake bob sends OPENs (DATA kind, its own even ids, strictly increasing) on the bulk
-    link for FLOOD_SECONDS while answering alice's PINGs on the control link; a listener on
+    link for FLOOD_SECONDS while answering alice's PINGs on the meta link; a listener on
     alice's DRBD address accepts and holds every connection she makes. With ``read_bulk`` the
     fake bob reads what alice sends on the bulk link (her CLOSEs), otherwise never."""
 
@@ -412,8 +412,8 @@ class OpenFlood:
             except OSError:
                 return
 
-    def _answer_pings(self) -> None:  # a well-behaved control link: PONG every PING
-        sock, decoder = self.bob.links[LinkRole.CONTROL]
+    def _answer_pings(self) -> None:  # a well-behaved meta link: PONG every PING
+        sock, decoder = self.bob.links[LinkRole.META]
         try:
             while data := sock.recv(65536):
                 for frame in decoder.feed(data):
@@ -520,7 +520,7 @@ def test_an_open_flood_is_bounded_and_its_sockets_go_with_the_links(alice_and_fa
 
 def test_an_open_flood_whose_answers_are_never_read_keeps_alice_small(alice_and_fake_bob):
     """As above, but the fake peer never reads the bulk link (it still answers PINGs on the
-    control link, so the link stays up): each refused OPEN's CLOSE REFUSED waits in alice's bulk
+    meta link, so the link stays up): each refused OPEN's CLOSE REFUSED waits in alice's bulk
     link queue. Her RSS must still grow by less than 64 MiB over the 10 s flood."""
     alice, bob, (drbd_port, _, _) = alice_and_fake_bob
     flood = OpenFlood(alice, bob, drbd_port, read_bulk=False)

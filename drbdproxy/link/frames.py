@@ -75,7 +75,7 @@ class FrameType(IntEnum):
     OPEN = 0x20
     DATA = 0x21
     CLOSE = 0x22
-    DISCARD = 0x23  # on the control link: a stream of the other link is closed (§5.5)
+    DISCARD = 0x23  # on the meta link: a stream of the other link is closed (§5.5)
     GOAWAY = 0x30
     ERROR = 0x31
 
@@ -85,7 +85,7 @@ STREAM_FRAME_TYPES = frozenset({FrameType.OPEN, FrameType.DATA, FrameType.CLOSE}
 
 
 class LinkRole(IntEnum):
-    CONTROL = 1  # handshake, heartbeats, DRBD meta-socket streams
+    META = 1  # handshake, heartbeats, DRBD meta-socket streams
     BULK = 2  # DRBD data-socket streams (and streams of unknown kind)
 
 
@@ -112,7 +112,7 @@ IMPLEMENTED_FEATURES = int(Feature.HMAC_AUTH)
 class RejectReason(IntEnum):
     UNKNOWN_CONNECTION = 1
     VERSION_MISMATCH = 2
-    DUPLICATE_CONTROL = 3
+    DUPLICATE_META = 3
     NO_SUCH_SESSION = 4
     BUSY = 5
     AUTH_REQUIRED = 6  # the server has a link secret; the HELLO did not offer HMAC_AUTH
@@ -579,7 +579,7 @@ class Close(_Frame):
 
 @dataclass(frozen=True, slots=True)
 class Discard(_LinkFrame):
-    """On the control link: the sender's DRBD socket for stream ``target`` of its ``role`` link
+    """On the meta link: the sender's DRBD socket for stream ``target`` of its ``role`` link
     is gone. The receiver discards what it holds for that stream and closes its DRBD socket now,
     even while it is not reading that link (its DRBD socket for the stream may be what stalls it).
     """

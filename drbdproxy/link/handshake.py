@@ -79,9 +79,9 @@ from drbdproxy.link.frames import (
 )
 from drbdproxy.link.parser import LinkDecoder
 
-#: ``lookup(name, role, session)``: None to accept the link, or why it is refused. For a control
-#: link ``session`` is new (refuse DUPLICATE_CONTROL if the connection already has a live one);
-#: for a bulk link it must name the live control link's session (else NO_SUCH_SESSION). With a
+#: ``lookup(name, role, session)``: None to accept the link, or why it is refused. For a meta
+#: link ``session`` is new (refuse DUPLICATE_META if the connection already has a live one);
+#: for a bulk link it must name the live meta link's session (else NO_SUCH_SESSION). With a
 #: link secret the server asks only after the client has proved the secret.
 Lookup = Callable[[str, LinkRole, bytes], "RejectReason | None"]
 
@@ -89,7 +89,7 @@ _HMAC_AUTH = int(Feature.HMAC_AUTH)
 
 
 def new_session() -> bytes:
-    """A fresh random session id for a control link."""
+    """A fresh random session id for a meta link."""
     return secrets.token_bytes(SESSION_SIZE)
 
 

@@ -6,9 +6,11 @@ while compression lags); a :class:`DrainRate` measures the link's rate while dat
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IPushProducer
+
+from drbdproxy.admin.logs import logger
 
 
 #: Raw bytes a connection may have read but not yet compressed. Reads past this only pile up
@@ -152,3 +154,76 @@ class DrainRate:
         if self.ceiling is not None:
             rate = min(rate, self.ceiling) if rate else self.ceiling
         return buffered / rate if rate else None
+
+
+class BufferFullLog:
+    """Says when a connection's buffer fills and drains. A saturated link flips this many times
+    a second: one info event per change of regime (quiet for 10 s before), the rest at debug,
+    and while the buffer stays full, a summary every ``interval`` seconds of what it costs."""
+
+    _log = logger()
+
+    def __init__(self, name: str, clock: Any, drain: DrainRate, interval: float = 10.0) -> None:
+        self._name = name
+        self._clock = clock
+        self._drain = drain
+        self.interval = interval
+        self.budget: Budget | None = None
+        self._last_event = float("-inf")
+        self._reported = False
+        self._since: float | None = None
+        self._pauses_then = 0
+        self._summary: Any = None
+
+    def changed(self, full: bool) -> None:
+        budget = self.budget
+        if budget is None:
+            return
+        now = self._clock.seconds()
+        if full:
+            loud = now - self._last_event >= self.interval
+            self._last_event = now
+            self._reported = loud
+            if self._summary is None:
+                self._since, self._pauses_then = now, budget.pauses - 1
+                self._summary = self._clock.callLater(self.interval, self._summarise)
+        else:
+            loud, self._reported = self._reported, False
+        emit = self._log.info if loud else self._log.debug
+        if full:
+            emit("buffer of {name} full ({buffered} bytes, memlimit {memlimit}): pausing reads"
+                 " from DRBD ({pauses} times so far)", name=self._name, buffered=budget.used,
+                 memlimit=budget.limit, pauses=budget.pauses)
+        else:
+            emit("buffer of {name} drained to {buffered} bytes: reading from DRBD again",
+                 name=self._name, buffered=budget.used)
+
+    def _summarise(self) -> None:
+        self._summary = None
+        budget = self.budget
+        if budget is None or self._since is None:
+            return
+        pauses = budget.pauses - self._pauses_then
+        if not budget.paused and pauses == 0:
+            self._since = None  # it drained and stayed below memlimit: the regime is over
+            return
+        now = self._clock.seconds()
+        rate = self._drain.rate
+        drain = self._drain.drain_seconds(budget.used)
+        self._log.info(
+            "buffer of {name} at memlimit for {seconds:.0f} s: now {buffered} of {memlimit} bytes"
+            " ({fill:.0f} %), the link drains {rate}, {drain} to empty; reads from DRBD paused"
+            " {pauses} times in the last {interval:.0f} s (the link is slower than DRBD writes:"
+            " more bandwidth, better compression, or DRBD's on-congestion pull-ahead)",
+            name=self._name, seconds=now - self._since, buffered=budget.used,
+            memlimit=budget.limit, fill=100 * budget.used / max(budget.limit, 1),
+            rate="at an unmeasured rate" if rate is None else f"{rate / 1e6:.2f} MB/s",
+            drain="unknown time" if drain is None else f"{drain:.1f} s", pauses=pauses,
+            interval=self.interval)
+        self._pauses_then = budget.pauses
+        self._summary = self._clock.callLater(self.interval, self._summarise)
+
+    def stop(self) -> None:
+        if self._summary is not None and self._summary.active():
+            self._summary.cancel()
+        self._summary = None

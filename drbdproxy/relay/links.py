@@ -1,6 +1,6 @@
 """A proxy-to-proxy link as a Twisted protocol: bytes to frames and back, nothing more.
 
-Each link is either the connection's control link (handshake, heartbeats, DRBD meta sockets) or
+Each link is either the connection's meta link (handshake, heartbeats, DRBD meta sockets) or
 its bulk link (DRBD data sockets). What a frame means is decided by the link's owner.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable, Protocol as TypingProtocol
 
-from twisted.internet import protocol
+from twisted.internet import error, protocol
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IHandshakeListener
 from zope.interface import implementer
@@ -235,7 +235,7 @@ class LinkProtocol(protocol.Protocol):
             self._backlog_call.cancel()
         if self.writer is not None:
             self.writer.close()
-        self.owner.linkDown(self, self._down_reason or reason.getErrorMessage())
+        self.owner.linkDown(self, self._down_reason or _lost(reason))
         waiting, self._whenClosed = self._whenClosed, []
         for d in waiting:
             d.callback(None)
@@ -292,3 +292,12 @@ class LinkClientFactory(protocol.ClientFactory):
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         self.owner.dialFailed(self, self.handshake.hello_frame.role, reason.getErrorMessage())
+
+
+def _lost(reason: Failure) -> str:
+    """Why a link went down, when nothing of ours or the peer's said so first."""
+    if reason.check(error.ConnectionDone):
+        # The peer proxy says GOAWAY before a deliberate close: a bare FIN is its process
+        # ending otherwise (killed, crashed) or something between us closing for it.
+        return "the peer closed the link without a GOAWAY (killed, or a middlebox closed it)"
+    return f"the link broke: {reason.getErrorMessage()}"

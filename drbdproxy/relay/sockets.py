@@ -78,3 +78,60 @@ def tune_transport(transport: Any, read_size: int = TRANSPORT_BUFFER) -> None:
     transport.setTcpNoDelay(True)
     transport.bufferSize = read_size
     transport.SEND_LIMIT = TRANSPORT_BUFFER
+
+
+def os_socket(transport: Any) -> Any:
+    """The OS socket under a link's transport: a TLS transport's own handle is its OpenSSL
+    connection, the socket is its TCP transport's."""
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        transport = transport.transport
+    return transport.getHandle()
+
+
+class LinkSocketTuning:
+    """A connection's socket options for its links: ``sndbuf-size`` and ``rcvbuf-size`` for
+    each new link socket (so: on reconnect), ``link-cc`` for each one, live."""
+
+    def __init__(self, name: str, log: Any) -> None:
+        self._name = name
+        self._log = log
+        self._cc_refused = False
+
+    def tune(self, transport: Any, options: dict[str, Any], cc: str) -> None:
+        handle = os_socket(transport)
+        for option, level in (("sndbuf-size", socket.SO_SNDBUF), ("rcvbuf-size", socket.SO_RCVBUF)):
+            size = options.get(option, 0)
+            if size > 0:
+                handle.setsockopt(socket.SOL_SOCKET, level, size)
+        self.congestionControl(handle, cc, asked="link-cc" in options)
+
+    def retune(self, transports: list[Any], cc: str, asked: bool) -> None:
+        """``link-cc`` changed: apply it to the live links, and say again if it is missing."""
+        self._cc_refused = False
+        for transport in transports:
+            self.congestionControl(os_socket(transport), cc, asked)
+
+    def congestionControl(self, handle: Any, cc: str, asked: bool) -> None:
+        if cc == "system":
+            return
+        try:
+            handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
+        except OSError as e:
+            if not self._cc_refused:
+                self._cc_refused = True
+                # Asked for, it matters; bbr by default, where the kernel lacks it, less so.
+                log = self._log.warn if asked else self._log.info
+                log("link sockets of {name} keep the system's congestion control: {cc} is not"
+                    " available ({error}; modprobe tcp_{cc})", name=self._name, cc=cc,
+                    error=e.strerror)
+
+
+def congestion_control(transport: Any) -> str | None:
+    """The congestion control a link's socket runs, as the kernel says."""
+    try:
+        name = os_socket(transport).getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16)
+    except (AttributeError, OSError):
+        return None
+    return bytes(name).split(b"\0", 1)[0].decode("ascii", "replace")

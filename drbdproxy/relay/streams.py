@@ -8,19 +8,16 @@ in the connection's budget), and DATA frames from the peer are checked and writt
 from __future__ import annotations
 
 import socket
-from typing import Any, Callable, Protocol as TypingProtocol
+from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet import protocol
-from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.interfaces import IConnector, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IConnector, IPushProducer, IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from drbdproxy.relay.closing import BoundedClose
 from drbdproxy.admin.logs import logger
 from drbdproxy.codecs import RAW_CODEC, Codec, CodecError, decode_chunk
-from drbdproxy.drbd.header import encode_h80
-from drbdproxy.drbd.packets import Cmd
 from drbdproxy.drbd.scanner import PacketScanner
 from drbdproxy.link import (
     Accepted,
@@ -69,8 +66,6 @@ class StreamOwner(TypingProtocol):
     def streamGone(self, stream: Stream) -> None: ...
     def tellPeerClosed(self, stream: Stream, reason: CloseReason, message: str = "") -> None: ...
 
-_INITIAL_DATA = encode_h80(Cmd.P_INITIAL_DATA, 0)
-_INITIAL_META = encode_h80(Cmd.P_INITIAL_META, 0)
 #: Bytes a stream may hold for a DRBD socket that is still connecting before the link pauses.
 _PENDING_LIMIT = 256 << 10
 #: Read size (and write-buffer mark) of DRBD's sockets: a read of DRBD's data costs the same
@@ -103,15 +98,6 @@ def peer_closed(transport: Any) -> bool:
     return info[0] in (_TCP_CLOSE, _TCP_CLOSE_WAIT)
 
 
-def kind_of_first_bytes(first: bytes) -> StreamKind:
-    """DRBD's first packet says what a socket is for; anything else is relayed as opaque."""
-    if first == _INITIAL_DATA:
-        return StreamKind.DATA
-    if first == _INITIAL_META:
-        return StreamKind.META
-    return StreamKind.UNKNOWN
-
-
 class DrbdSocket(protocol.Protocol):
     """A TCP socket to or from the local DRBD: hands every event to its handler."""
 
@@ -130,66 +116,6 @@ class DrbdSocket(protocol.Protocol):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.handler.drbdLost(self, reason)
-
-
-class InsideAcceptor:
-    """A socket DRBD opened to our inside address, until its first packet names its kind.
-
-    DRBD sends its first packet at once; a socket that has not within ping-timeout is closed,
-    so sockets that never speak cannot pile up.
-    """
-
-    _log = logger()
-
-    def __init__(self, connection: StreamOwner) -> None:
-        self._connection = connection
-        self._first = b""
-        self._silence: IDelayedCall | None = None
-        self.stream: Stream | None = None
-
-    def drbdConnected(self, sock: DrbdSocket) -> None:
-        if not self._connection.acceptsDrbd():
-            self._log.info(
-                "refusing a DRBD connection from {peer} on {name}: peer proxy not connected",
-                peer=format_peer(sock.transport), name=self._connection.name,
-            )
-            sock.transport.abortConnection()
-            return
-        timeout = self._connection.close_timeout
-        self._silence = self._connection.clock.callLater(timeout, self._silent, sock, timeout)
-
-    def _silent(self, sock: DrbdSocket, timeout: float) -> None:
-        self._silence = None
-        self._log.info("closing a connection from {peer} to the inside address of {name}: no"
-                       " DRBD packet within {timeout:g} s", peer=format_peer(sock.transport),
-                       name=self._connection.name, timeout=timeout)
-        sock.transport.abortConnection()
-
-    def _stopWaiting(self) -> None:
-        if self._silence is not None and self._silence.active():
-            self._silence.cancel()
-        self._silence = None
-
-    def drbdData(self, sock: DrbdSocket, data: bytes) -> None:
-        if self.stream is not None:
-            self.stream.drbdData(sock, data)
-            return
-        self._first += data
-        if len(self._first) < len(_INITIAL_DATA):
-            return
-        self._stopWaiting()
-        kind = kind_of_first_bytes(self._first[: len(_INITIAL_DATA)])
-        self.stream = self._connection.openStream(kind, sock)
-        if self.stream is None:
-            sock.transport.abortConnection()
-            return
-        first, self._first = self._first, b""
-        self.stream.drbdData(sock, first)
-
-    def drbdLost(self, sock: DrbdSocket, reason: Failure) -> None:
-        self._stopWaiting()
-        if self.stream is not None:
-            self.stream.drbdLost(sock, reason)
 
 
 def format_peer(transport: Any) -> str:
@@ -423,7 +349,9 @@ class Stream:
         if self.closed:
             return
         if reason != CloseReason.EOF:
-            self._log.info("peer proxy closed stream {sid} of {name}: {reason} {message}",
+            # The peer logs its own connect failures (with its DRBD's address) as warnings.
+            emit = self._log.debug if reason == CloseReason.CONNECT_FAILED else self._log.info
+            emit("peer proxy closed stream {sid} of {name}: {reason} {message}",
                            sid=self.sid, name=self.connection.name,
                            reason=CloseReason(reason).name if reason in
                            CloseReason._value2member_map_ else reason, message=message)
@@ -444,39 +372,3 @@ class Stream:
             self.connector = None
         if self.sock is not None and self.sock.transport is not None:
             self._closer.abort(self.sock.transport)
-
-
-class DrbdConnectFactory(protocol.ClientFactory):
-    """Connects to the local DRBD for a stream the peer proxy opened.
-
-    :param retry: what to try if this attempt fails for a reason other than a refusal (the
-        source address pair was taken); None: report the failure to the peer.
-    """
-
-    noisy = False  # they start and stop with every DRBD socket and link: not news
-
-    def __init__(self, stream: Stream, retry: Callable[[], None] | None = None) -> None:
-        self.stream = stream
-        self.retry = retry
-
-    def buildProtocol(self, addr: Any) -> DrbdSocket:
-        return DrbdSocket(self.stream)
-
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        retry = not self.stream.closed and not reason.check(ConnectionRefusedError)
-        if self.retry is not None and retry:
-            self.retry()
-            return
-        self.stream.drbdConnectFailed(reason.getErrorMessage())
-
-
-class InsideFactory(protocol.ServerFactory):
-    """Accepts the local DRBD's connects on the inside address."""
-
-    noisy = False  # they start and stop with every DRBD socket and link: not news
-
-    def __init__(self, connection: StreamOwner) -> None:
-        self.connection = connection
-
-    def buildProtocol(self, addr: Any) -> DrbdSocket:
-        return DrbdSocket(InsideAcceptor(self.connection))

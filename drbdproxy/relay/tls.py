@@ -55,14 +55,20 @@ class TlsConfig:
     def server(self, wrapped: Any) -> TLSMemoryBIOFactory:
         """Wrap the outside listener's factory: require a client certificate from our CA."""
         options = self.certificate.options(self.authority)
-        return TLSMemoryBIOFactory(options, False, wrapped)
+        return _quiet(TLSMemoryBIOFactory(options, False, wrapped))
 
     def client(self, peer_host: str, wrapped: Any) -> TLSMemoryBIOFactory:
         """Wrap a dialling factory: the peer must prove it is ``peer_host``, signed by our CA."""
         options = ssl.optionsForClientTLS(
             peer_host, trustRoot=self.authority, clientCertificate=self.certificate
         )
-        return TLSMemoryBIOFactory(options, True, wrapped)
+        return _quiet(TLSMemoryBIOFactory(options, True, wrapped))
+
+
+def _quiet(factory: TLSMemoryBIOFactory) -> TLSMemoryBIOFactory:
+    # Wrappers start and stop with every link, like the factories they wrap: not news.
+    factory.noisy = False
+    return factory
 
 
 def check_peer(transport: Any, expected: str) -> str | None:
