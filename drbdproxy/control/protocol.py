@@ -174,6 +174,7 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
         self.setTimeout(self.factory.idle_timeout)
         if ITCPTransport.providedBy(self.transport):
             self._telnet = TelnetFilter(MAX_LINE)
+            self._eol = b"\r\n"  # telnet's, until the client's first line says otherwise
             if self.factory.banner:
                 self.transport.write(self.factory.banner.encode("utf-8") + b"\r\n")
 
