@@ -179,7 +179,8 @@ class Shell:
             import readline
 
             words = readline.get_line_buffer()[: readline.get_begidx()].split()
-            self._matches = self._completions(words, text)
+            # Python's readline appends nothing to a sole match: the blank comes with each word.
+            self._matches = [word + " " for word in self._completions(words, text)]
         return self._matches[state] if state < len(self._matches) else None
 
     def _completions(self, words: list[str], text: str) -> list[str]:
