@@ -29,6 +29,10 @@ class _Handler(socketserver.StreamRequestHandler):
     server: FakeDaemon  # type: ignore[assignment]
 
     def handle(self) -> None:
+        if self.server.greeting:
+            self.wfile.write(self.server.greeting)
+            if self.server.greeting_only:
+                return
         for raw in self.rfile:
             command = raw.decode().rstrip("\r\n")
             self.server.received.append(command)
@@ -50,6 +54,8 @@ class FakeDaemon(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         super().__init__(address, _Handler)  # type: ignore[arg-type]
         self.received: list[str] = []
         self.replies: dict[str, object] = {}
+        self.greeting = b""  # sent on connect, as the daemon's %hello on TCP
+        self.greeting_only = False  # then close
 
 
 @pytest.fixture
@@ -211,6 +217,40 @@ def test_tcp_endpoint() -> None:
         result = run_ctl("-s", f"tcp:127.0.0.1:{port}", "show", "version")
         assert result.returncode == 0
         assert srv.received == ["show version"]
+
+
+GREETING = b"%hello drbdproxy 0.1.0 control; type help, or quit to leave\r\n"
+
+
+def test_tcp_endpoint_with_a_banner() -> None:
+    """On TCP the daemon greets first with a %hello line: -c commands and piped commands still
+    get exactly their own replies, and the greeting is printed nowhere."""
+    server = FakeDaemon(("127.0.0.1", 0), socket.AF_INET)
+    server.greeting = GREETING
+    server.replies = {"show": ["r0: inside", "%ok"], "show version": ["drbdproxy 0.1.0", "%ok"]}
+    for srv in _serve(server):
+        target = f"tcp:127.0.0.1:{srv.server_address[1]}"
+        result = run_ctl("-s", target, "-c", "show version", "-c", "show")
+        assert (result.returncode, result.stdout, result.stderr) == (0, "drbdproxy 0.1.0\nr0: inside\n", "")
+        result = run_ctl("-s", target, stdin="show\nshow version\n")
+        assert (result.returncode, result.stdout, result.stderr) == (0, "r0: inside\ndrbdproxy 0.1.0\n", "")
+
+
+def test_a_greeting_left_unread_does_not_hide_a_closed_session() -> None:
+    """A session whose daemon greeted and then closed (its idle timeout) counts as closed, though
+    the greeting was never read; the greeting is kept for the next reply to skip."""
+    server = FakeDaemon(("127.0.0.1", 0), socket.AF_INET)
+    server.greeting, server.greeting_only = GREETING, True
+    for srv in _serve(server):
+        session = ctl.Session(f"tcp:127.0.0.1:{srv.server_address[1]}", 5)
+        try:
+            deadline = time.monotonic() + 30
+            while not session.closed_by_peer():  # the close is an event we can only poll for
+                assert time.monotonic() < deadline, "the fake daemon never closed"
+                time.sleep(0.01)
+            assert session._buffer == GREETING
+        finally:
+            session.close()
 
 
 def test_quit_then_more_commands_opens_a_new_session(daemon: FakeDaemon, sock_path: Path) -> None:

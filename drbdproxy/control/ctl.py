@@ -12,6 +12,8 @@ import sys
 import time
 from typing import NoReturn, Sequence, TextIO
 
+from drbdproxy.control.shell import Shell
+
 PROG = "drbd-proxy-ctl"
 DEFAULT_SOCKET = "/run/drbd-proxy/drbd-proxy-ctl.socket"
 SOCKET_ENV = "DRBD_PROXY_CTL_SOCKET"
@@ -39,7 +41,8 @@ Send commands to the drbd-proxy daemon over its control socket and print the rep
   -h, --help             show this help and exit
 
 With no command, {PROG} runs an interactive shell ("help" lists the daemon's commands,
-"quit" or end of input leaves). Commands read from a pipe run like -c commands.
+Tab completes them and connection names, "quit" or end of input leaves; "shutdown" asks first
+while a connection is Connected). Commands read from a pipe run like -c commands.
 
 Data lines go to standard output exactly as the daemon sends them; warnings and errors go to
 standard error. Exit status: 0 every command succeeded, 1 a command failed (or the daemon
@@ -184,10 +187,19 @@ class Session:
         self._sock.close()
 
     def closed_by_peer(self) -> bool:
-        """True when the daemon has closed this session (e.g. after its idle timeout)."""
+        """True when the daemon has closed this session (e.g. after its idle timeout).
+
+        What it sent meanwhile (a TCP session's ``%hello`` line) is kept, for the next reply to
+        skip: left unread, it would hide the end of the session behind it.
+        """
         self._sock.setblocking(False)
         try:
-            return self._sock.recv(1, socket.MSG_PEEK) == b""
+            while len(self._buffer) < 65536:
+                data = self._sock.recv(65536)
+                if not data:
+                    return True
+                self._buffer += data
+            return False
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:
@@ -299,62 +311,11 @@ def _is_quit(command: str) -> bool:
     return command.split()[0].lower() == "quit"
 
 
-def _readline_history() -> object:
-    try:
-        import readline
-    except ImportError:  # pragma: no cover - not on every platform
-        return None
-    path = os.path.expanduser(HISTORY)
-    try:
-        readline.read_history_file(path)
-    except OSError:
-        pass
-    readline.set_history_length(1000)
-    return path
-
-
 def shell(target: str, stdin: TextIO, out: TextIO, err: TextIO) -> int:
     """The interactive shell (or, from a pipe, one command per line, stopping at a failure)."""
-    interactive = stdin.isatty()
-    history = _readline_history() if interactive else None
-    session = Session(target, TIMEOUT)
-    try:
-        while True:
-            try:
-                if interactive:
-                    line = input(PROMPT)
-                else:
-                    line = stdin.readline()
-                    if not line:
-                        break
-            except EOFError:
-                out.write("\n")
-                break
-            except KeyboardInterrupt:
-                out.write("\n")
-                continue
-            command = line.strip()
-            if not command:
-                continue
-            if session.closed_by_peer():
-                session.close()
-                session = Session(target, TIMEOUT)
-            ok = session.request(command, time.monotonic() + INTERACTIVE_TIMEOUT, out, err)
-            out.flush()
-            if not ok and not interactive:
-                return EXIT_FAILED
-            if ok and _is_quit(command):
-                break
-    finally:
-        session.close()
-        if history is not None:
-            import readline
-
-            try:
-                readline.write_history_file(str(history))
-            except OSError:
-                pass
-    return EXIT_OK
+    ok = Shell(lambda: Session(target, TIMEOUT), stdin, out, err,
+               prompt=PROMPT, history=HISTORY, timeout=INTERACTIVE_TIMEOUT).run()
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def run(argv: Sequence[str], stdin: TextIO | None = None, out: TextIO | None = None,

@@ -17,6 +17,7 @@ from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IPushProducer,
     IReactorTime,
+    ITCPTransport,
 )
 from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.protocols.basic import LineReceiver
@@ -24,17 +25,21 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from drbdproxy import __version__
 from drbdproxy.relay.closing import BoundedClose
 from drbdproxy.relay.sockets import IStreamTransport
 from drbdproxy.admin.logs import logger
 from drbdproxy.control.commands import Action, Command, CommandError, parse_command
 from drbdproxy.control.interface import ControlError, IProxyControl
+from drbdproxy.control.telnet import Answer, Event, TelnetFilter
 
 MAX_LINE = 4096
 IDLE_TIMEOUT = 30.0  # seconds without input before a session is dropped: forgotten sessions free their slot
 MAX_SESSIONS = 64
 SHUTDOWN_GRACE = 2.0  # seconds the ``%ok`` of ``shutdown`` may take to reach the client
 CLOSE_TIMEOUT = 5.0  # seconds a closing session may take to deliver its last bytes before it is aborted
+#: Greets a TCP session (someone at telnet): a control line, which clients ignore (see the module doc).
+BANNER = f"%hello drbdproxy {__version__} control; type help, or quit to leave"
 
 
 def _one_line(text: str) -> str:
@@ -128,6 +133,10 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
     ``shutdown`` closes the session after its ``%ok`` and calls the implementation's shutdown()
     once that reply has been delivered (or after :data:`SHUTDOWN_GRACE` seconds).
 
+    A TCP session is telnet's: it starts with the factory's banner line, and telnet commands are
+    taken out of its input (:mod:`drbdproxy.control.telnet`). UNIX sockets get neither: their
+    clients are drbd-proxy-ctl and scripts, and a byte 255 there stays data.
+
     Every close (``quit``, ``shutdown``, a line too long, the end of input, the client's reading
     side gone, a refused session) goes through one :class:`~drbdproxy.relay.closing.BoundedClose`: what
     is buffered may still go out, but a client that does not read is aborted after the factory's
@@ -149,6 +158,7 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
         self._eol = b"\n"
         self._shutdownGuard: IDelayedCall | None = None
         self._closer: BoundedClose | None = None  # made in connectionMade, from the factory's clock
+        self._telnet: TelnetFilter | None = None
 
     def callLater(self, period: float, func: Any) -> IDelayedCall:  # TimeoutMixin's clock
         return self.factory.clock.callLater(period, func)
@@ -162,6 +172,11 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
         self._open = True
         self.transport.registerProducer(self, True)
         self.setTimeout(self.factory.idle_timeout)
+        if ITCPTransport.providedBy(self.transport):
+            self._telnet = TelnetFilter(MAX_LINE)
+            self._eol = b"\r\n"  # telnet's, until the client's first line says otherwise
+            if self.factory.banner:
+                self.transport.write(self.factory.banner.encode("utf-8") + b"\r\n")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._open = False
@@ -208,7 +223,28 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
         if not self._open or self._closing:
             return
         self.resetTimeout()
-        super().dataReceived(data)
+        if self._telnet is None:
+            super().dataReceived(data)
+            return
+        for item in self._telnet.feed(data):
+            if self._closing:
+                return  # e.g. quit in the data before this item
+            if isinstance(item, bytes):
+                super().dataReceived(item)
+            elif isinstance(item, Answer):
+                self.transport.write(item.data)
+            elif item is Event.CANCEL_LINE:
+                self._cancelLine()
+            else:
+                self._log.info("control: telnet subnegotiation too long, closing the session")
+                self._close(Reply(error="telnet subnegotiation too long").encode(self._eol))
+
+    def _cancelLine(self) -> None:
+        """Telnet's Ctrl-C: drop the line typed so far; complete lines waiting their turn stay."""
+        rest = self.clearLineBuffer()
+        whole = rest[: rest.rfind(self.delimiter) + 1]
+        if whole:
+            LineReceiver.dataReceived(self, whole)
 
     def lineReceived(self, line: bytes) -> None:
         if self._closing:
@@ -298,6 +334,7 @@ class ControlFactory(ServerFactory):
     :param close_timeout: seconds a closing session may take to deliver its last bytes; then it
         is aborted.
     :param clock: for the idle and close timeouts; the global reactor by default.
+    :param banner: the first line of a TCP session (a ``%`` control line; empty: none).
     """
 
     # Recent Twisted types Factory as generic in its protocol, and ControlProtocol (whose factory
@@ -307,7 +344,7 @@ class ControlFactory(ServerFactory):
 
     def __init__(self, control: IProxyControl, *, idle_timeout: float | None = IDLE_TIMEOUT,
                  max_sessions: int = MAX_SESSIONS, close_timeout: float = CLOSE_TIMEOUT,
-                 clock: IReactorTime | None = None) -> None:
+                 clock: IReactorTime | None = None, banner: str = BANNER) -> None:
         if not IProxyControl.providedBy(control):
             raise TypeError(f"{control!r} does not provide IProxyControl")
         self.control = control
@@ -315,6 +352,7 @@ class ControlFactory(ServerFactory):
         self.idle_timeout = idle_timeout
         self.max_sessions = max_sessions
         self.close_timeout = close_timeout
+        self.banner = banner
         self._clock = clock
         self.sessions: set[ControlProtocol] = set()
 
