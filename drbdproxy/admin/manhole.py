@@ -260,6 +260,7 @@ def ssh_factory(authorized: Iterable[keys.Key], host_key: keys.Key,
     # (ConchFactory annotates both dicts' values as bytes; conch uses Key objects since 15.0.)
     factory.publicKeys = {b"ssh-ed25519": host_key.public()}
     factory.privateKeys = {b"ssh-ed25519": host_key}  # type: ignore[dict-item]
+    factory.noisy = False  # "Starting factory <...object at 0x...>" says nothing useful
     return factory
 
 

@@ -341,6 +341,8 @@ class ControlFactory(ServerFactory):
     # is a ControlFactory) only fits a ServerFactory[ControlProtocol]: a subscript that fails at
     # run time on Twisted 23.8, which setup.py allows.
     protocol = ControlProtocol  # type: ignore[assignment]
+    #: Twisted would log "Starting factory <...object at 0x...>": the ready line says it better.
+    noisy = False
 
     def __init__(self, control: IProxyControl, *, idle_timeout: float | None = IDLE_TIMEOUT,
                  max_sessions: int = MAX_SESSIONS, close_timeout: float = CLOSE_TIMEOUT,

@@ -254,13 +254,13 @@ class ProxyConnection(Service):
             self._drbdFailures.warn(
                 "cannot connect to the local DRBD of {name} at {drbd} for stream {sid} of the"
                 " peer: {message} (is the resource up, and is this its address?)",
-                name=self.name, drbd=format_address(*self.spec.connect_drbd), sid=stream.sid,
+                name=self.name, drbd=format_address(*self.spec.connect_drbd), sid=stream.label,
                 message=message)
         self.table.tellPeerClosed(stream, self.meta, reason, message)
 
     def streamAttached(self, stream: Stream) -> None:
         self._log.info("DRBD {kind} socket {peer} of {name} relayed as stream {sid}",
-                       kind=stream.name, peer=stream.peer, name=self.name, sid=stream.sid)
+                       kind=stream.name, peer=stream.peer, name=self.name, sid=stream.label)
         if self.table.relaying():
             self.links.machine.drbdRelayed()
 

@@ -198,11 +198,18 @@ class Stream:
             if scanner.opaque is not None:
                 self._log.info("{name}: {kind} socket stream {sid} is not DRBD any more ({why});"
                                " relaying it unparsed", name=self.connection.name, kind=self.name,
-                               sid=self.sid, why=f"{direction}: {scanner.opaque}")
+                               sid=self.label, why=f"{direction}: {scanner.opaque}")
 
     @property
     def name(self) -> str:
         return {StreamKind.DATA: "data", StreamKind.META: "meta"}.get(self.kind, "opaque")
+
+    @property
+    def label(self) -> str:
+        """How logs name the stream: ids are per link, so the link's role goes with the id
+        (the same on both proxies: the one that opened the stream chose it)."""
+        role = self.link.role.name.lower() if self.link.role is not None else "link"
+        return f"{role}/{self.sid}"
 
     @property
     def bulk(self) -> bool:
@@ -352,7 +359,7 @@ class Stream:
             # The peer logs its own connect failures (with its DRBD's address) as warnings.
             emit = self._log.debug if reason == CloseReason.CONNECT_FAILED else self._log.info
             emit("peer proxy closed stream {sid} of {name}: {reason} {message}",
-                           sid=self.sid, name=self.connection.name,
+                           sid=self.label, name=self.connection.name,
                            reason=CloseReason(reason).name if reason in
                            CloseReason._value2member_map_ else reason, message=message)
         self._close()

@@ -246,8 +246,9 @@ class StreamTable:
         if stream.discarded_to_peer or stream.discarded_from_peer:
             discarded = (f"; discarded {stream.discarded_to_peer} bytes not yet sent and"
                          f" {stream.discarded_from_peer} not yet written to DRBD")
-        self._log.info("DRBD {kind} socket {peer} of {name} closed ({to_peer} bytes to the peer,"
-                       " {from_peer} from it{discarded})", kind=stream.name, peer=stream.peer,
+        self._log.info("DRBD {kind} socket {peer} of {name} (stream {sid}) closed ({to_peer} bytes"
+                       " to the peer, {from_peer} from it{discarded})", kind=stream.name,
+                       peer=stream.peer, sid=stream.label,
                        name=self._owner.name, to_peer=stream.to_peer, from_peer=stream.from_peer,
                        discarded=discarded)
         self.discarded_to_peer += stream.discarded_to_peer
