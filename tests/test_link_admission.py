@@ -696,7 +696,7 @@ def test_opens_beyond_the_streams_per_link_are_refused(monkeypatch: pytest.Monke
     for _ in range(MAX_STREAMS_PER_LINK):
         socks.append(env.peer_opens(sid).complete())
         sid += 2
-    assert len(env.conn.streams) == MAX_STREAMS_PER_LINK
+    assert len(env.conn.table.streams) == MAX_STREAMS_PER_LINK
     env.bulk.feed(Open(sid, StreamKind.DATA, Side.CLIENT))
     (close,) = env.bulk.frames()
     assert close == Close(sid, CloseReason.REFUSED, close.message) and close.message
@@ -730,7 +730,7 @@ def test_inside_sockets_beyond_the_streams_per_link_are_aborted(
 
     assert extra.events == ["abort"]
     assert env.bulk.frames() == []
-    assert len(env.conn.streams) == MAX_STREAMS_PER_LINK
+    assert len(env.conn.table.streams) == MAX_STREAMS_PER_LINK
     assert len(warned.lines("refusing a DRBD connection")) == 1
     meta, meta_t = env.inside(bytes.fromhex("83740267fff10000"))  # the meta link has room
     assert meta_t.aborts == 0
@@ -753,17 +753,25 @@ def test_a_connection_that_dials_itself_is_refused_and_says_so(warned: Logged) -
     conn.stopService()
 
 
-def test_a_failed_dial_is_a_warning_with_the_address_and_shows_in_status(warned: Logged) -> None:
-    """A dial that fails is logged at warn with the peer's address and the reason; the status
-    snapshot gives it as the last error and the seconds to the next dial (the backoff)."""
+def test_a_peer_that_stays_unreachable_is_a_warning_with_its_address_and_shows_in_status(
+        warned: Logged) -> None:
+    """A failed dial shows in the status as the last error with the seconds to the next dial
+    (the backoff); it is no warning while the peer may still be starting, but once it has been
+    unreachable for 30 s each failure is, with the peer's address (rate-limited)."""
     conn = make_conn()
     factory, connector = dial(conn)
     factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
-    (line,) = warned.lines("cannot reach the peer proxy")
-    assert f"{PEER_IP}:7790" in line and "refused" in line
     status = conn.status()
     assert status.last_error is not None and "dial failed" in status.last_error
     assert status.retry_in is not None and 0.16 <= status.retry_in <= 0.24
+    assert warned.lines("cannot reach") == []
+    reactor = conn.clock
+    while reactor.seconds() < 31:
+        reactor.advance(conn.status().retry_in or 0)
+        (_, _, factory, _, _) = reactor.tcpClients[-1]
+        factory.clientConnectionFailed(factory.connector, Failure(ConnectionRefusedError()))
+    (line,) = warned.lines("cannot reach the peer proxy")
+    assert f"{PEER_IP}:7790" in line and "refused" in line and " for 3" in line
     conn.stopService()
 
 

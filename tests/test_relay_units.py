@@ -9,6 +9,7 @@ connection accepts both links (Side.SERVER): it allocates even stream ids, the p
 from __future__ import annotations
 
 import socket
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,6 +195,15 @@ class Env:
     connects: list[FakeConnector] = field(default_factory=list)
     _pings: int = 0
 
+    def discarded(self) -> tuple[int, int]:
+        return self.conn.table.counters.discardedBytes(self.conn.table.streams.values())
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        return self.conn.table.counters.totals(self.conn.table.streams.values())
+
+    def packets(self) -> Counter[tuple[str, str, str]]:
+        return self.conn.table.counters.packet_counts(self.conn.table.streams.values())
+
     def tick(self, seconds: float, step: float = 0.5) -> None:
         """Let ``seconds`` pass with a live peer: a PING on the meta link every ``step``,
         so the connection's own ping-timeout never drops the links meanwhile."""
@@ -298,7 +308,7 @@ def test_peer_close_of_a_stream_whose_drbd_socket_does_not_read_closes_it_within
     env.tick(0.2)
     assert drbd.aborts == 1
     sock.connectionLost(Failure(ConnectionLost()))
-    assert env.conn.streams == {}
+    assert env.conn.table.streams == {}
     assert env.bulk.frames() == []  # CLOSE is not answered
     env.tick(20)
     assert drbd.aborts == 1
@@ -339,8 +349,8 @@ def test_peer_discard_on_the_meta_link_closes_a_bulk_stream_while_the_bulk_link_
     env.bulk.link.writer.resumeProducing()
     assert env.bulk.frames() == []
     assert env.meta.frames() == []
-    assert env.conn.streams == {}
-    assert env.conn.table.discardedBytes() == (4000, 0)
+    assert env.conn.table.streams == {}
+    assert env.discarded() == (4000, 0)
 
 
 def test_counters_of_a_stream_closed_by_the_peer_stay_counted_while_its_drbd_socket_closes(
@@ -348,7 +358,7 @@ def test_counters_of_a_stream_closed_by_the_peer_stay_counted_while_its_drbd_soc
     """BUG (fails against the current source). Between the peer's DISCARD (or CLOSE) and the
     connectionLost of our DRBD socket (up to ping-timeout), the stream's bytes and packets must
     stay in totals(), discarded() and packet_counts(): `print statistics` and the metrics are
-    counters and must never go backwards. Now the stream drops out of conn.streams at once but
+    counters and must never go backwards. Now the stream drops out of conn.table.streams at once but
     is only retired into closed_totals when its socket's loss comes, so for that window its
     counts vanish (to_peer 4100 -> 0 -> 4100)."""
     env = make_env(monkeypatch)
@@ -359,16 +369,16 @@ def test_counters_of_a_stream_closed_by_the_peer_stay_counted_while_its_drbd_soc
     sock.dataReceived(b"b" * 4000)  # queued: discarded by the DISCARD
     expected = {"data": {"to_peer": 4100, "to_peer_wire": 4100,
                          "from_peer": 1000, "from_peer_wire": 1000}}
-    assert env.conn.table.totals() == expected
+    assert env.totals() == expected
     packets = ("data", "to_peer", "P_INITIAL_DATA")
-    assert env.conn.table.packet_counts()[packets] == 1
+    assert env.packets()[packets] == 1
 
     env.meta.feed(Discard(LinkRole.BULK, opened.stream, CloseReason.EOF))
     assert drbd.events == ["unregister", "lose"]  # closing: its loss comes within ping-timeout
 
-    during = (env.conn.table.totals(), env.conn.table.discardedBytes(), env.conn.table.packet_counts()[packets])
+    during = (env.totals(), env.discarded(), env.packets()[packets])
     sock.connectionLost(Failure(ConnectionLost()))
-    after = (env.conn.table.totals(), env.conn.table.discardedBytes(), env.conn.table.packet_counts()[packets])
+    after = (env.totals(), env.discarded(), env.packets()[packets])
     assert after == (expected, (4000, 0), 1)
     assert during == after
 
@@ -401,9 +411,9 @@ def test_our_drbd_socket_closing_drops_its_queued_frames_and_tells_the_peer_on_b
 
     assert env.conn.budget.used == 700 + DATA_HEADER
     assert env.meta.frames() == [Discard(LinkRole.BULK, sid, CloseReason.EOF)]
-    assert env.conn.table.discardedBytes() == (8000, 0)
-    assert env.conn.table.discarded_to_peer == 8000
-    assert (env.bulk.link, sid) not in env.conn.streams
+    assert env.discarded() == (8000, 0)
+    assert env.conn.table.counters.discarded_to_peer == 8000
+    assert (env.bulk.link, sid) not in env.conn.table.streams
     env.bulk.transport.producer.resumeProducing()
     after = env.bulk.frames()
     assert [type(f) for f in after] == [Data, Close]
@@ -425,8 +435,8 @@ def test_a_stream_whose_open_is_still_queued_vanishes_without_a_trace(
     sock.connectionLost(Failure(ConnectionDone()))
 
     assert env.conn.budget.used == 0
-    assert env.conn.table.discardedBytes() == (1008, 0)
-    assert env.conn.streams == {}
+    assert env.discarded() == (1008, 0)
+    assert env.conn.table.streams == {}
     env.bulk.transport.producer.resumeProducing()
     assert env.bulk.transport.value() == b""
     assert env.meta.frames() == []
@@ -450,7 +460,7 @@ def test_a_stream_torn_down_and_then_lost_is_counted_once(
     assert env.conn.state == State.CONNECTING
     sock.connectionLost(Failure(ConnectionLost()))
 
-    totals = env.conn.table.totals()
+    totals = env.totals()
     assert totals["data"]["to_peer"] == 1000 and totals["data"]["to_peer_wire"] == 1000
     assert totals["data"]["from_peer"] == 300 and totals["data"]["from_peer_wire"] == 300
     registry = ConnectionRegistry(env.reactor)
@@ -480,19 +490,19 @@ def test_a_connect_to_drbd_in_progress_at_teardown_is_cancelled_and_never_attach
 
     assert connector.stopped == 1
     assert len(env.connects) == 1  # no retry from another source port
-    assert env.conn.streams == {}
+    assert env.conn.table.streams == {}
     assert env.conn.budget.used == 0
-    assert env.conn.table.discardedBytes() == (0, 500)
+    assert env.discarded() == (0, 500)
 
     sock, drbd = connector.complete()
     assert drbd.events == ["abort"]
     assert drbd.producer is None and drbd.value() == b""
-    assert env.conn.streams == {}
+    assert env.conn.table.streams == {}
     env.conn.budget.add(env.conn.budget.limit)  # every registered reader pauses now
     assert env.conn.budget.paused and drbd.producerState == "producing"
     sock.connectionLost(Failure(ConnectionLost()))
-    assert env.conn.streams == {}
-    assert env.conn.table.totals()["data"]["from_peer"] == 500
+    assert env.conn.table.streams == {}
+    assert env.totals()["data"]["from_peer"] == 500
 
 
 def test_a_discard_that_overtakes_its_open_means_no_connect_and_later_data_is_dropped(
@@ -506,9 +516,9 @@ def test_a_discard_that_overtakes_its_open_means_no_connect_and_later_data_is_dr
                   drbd_data(PEER_SID, b"p" * 400), drbd_data(PEER_SID, b"q" * 100))
 
     assert env.connects == []
-    assert env.conn.streams == {}
-    assert env.conn.table.dropped_after_close == 500
-    assert env.conn.table.discardedBytes() == (0, 500)
+    assert env.conn.table.streams == {}
+    assert env.conn.table.counters.dropped_after_close == 500
+    assert env.discarded() == (0, 500)
     assert env.bulk.transport.events == [] and env.meta.transport.events == []
     assert env.bulk.frames() == [] and env.meta.frames() == []
 

@@ -22,11 +22,11 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IListeningPort
 
 from drbdproxy.admin.logs import Summarised, logger
-from drbdproxy.codecs import Codec, codec_for
+from drbdproxy.codecs import Codec
 from drbdproxy.link import CloseReason, GoAway, GoAwayReason, StreamKind
 from drbdproxy.relay.admission import LinkAdmission, Network, peer_names
 from drbdproxy.relay.budget import Budget, BufferFullLog, DrainRate
-from drbdproxy.relay.encoder import ChunkEncoder
+from drbdproxy.relay.encoder import ChunkEncoder, codec_within
 from drbdproxy.relay.heartbeat import Heartbeat
 from drbdproxy.relay.lifecycle import CONNECTED, CONNECTING, PROXY_CONNECTED
 from drbdproxy.relay.links import LinkProtocol, LinkServerFactory
@@ -118,33 +118,12 @@ class ProxyConnection(Service):
     def bulk(self) -> LinkProtocol | None:
         return self.links.bulk
 
-    @property
-    def streams(self) -> dict[tuple[StreamLink, int], Stream]:
-        return self.table.streams
-
-    @property
-    def link_rtt_ms(self) -> float | None:
-        return self.heartbeat.rtt_ms
-
-    @property
-    def link_cc(self) -> str | None:
-        """The congestion control the meta link's socket runs, as the kernel says."""
-        meta = self.meta
-        return None if meta is None or meta.transport is None else congestion_control(
-            meta.transport)
-
     # -- settings --------------------------------------------------------------------------------
     @property
     def codec(self) -> Codec:
         if self._codec is None:
-            codec = codec_for(self.settings.effective_plugins)
             accepted = self.bulk.accepted if self.bulk is not None else None
-            if accepted is not None and int(codec.id) not in accepted.peer_codecs:
-                # The handshake told us what the peer can decompress: never send it more.
-                self._log.warn("peer proxy of {name} cannot decompress {codec}; sending raw",
-                               name=self.name, codec=codec.describe())
-                codec = codec_for([])
-            self._codec = codec
+            self._codec = codec_within(self.name, self.settings.effective_plugins, accepted)
         return self._codec
 
     def settingsChanged(self) -> None:
@@ -274,20 +253,22 @@ class ProxyConnection(Service):
     # -- counters --------------------------------------------------------------------------------
     def status(self) -> ConnectionStatus:
         """This connection as it is now, for the control protocol, metrics and the manhole."""
-        budget, table = self.budget, self.table
-        to_peer, from_peer = table.discardedBytes()
-        streams = sorted(table.streams.values(), key=lambda s: (s.kind, s.sid))
-        packets = table.packet_counts()  # walked once: out_of_sync is one of them
+        budget, table, meta = self.budget, self.table, self.meta
+        counters, live = table.counters, list(table.streams.values())
+        to_peer, from_peer = counters.discardedBytes(live)
+        streams = sorted(live, key=lambda s: (s.kind, s.sid))
+        packets = counters.packet_counts(live)  # walked once: out_of_sync is one of them
         return ConnectionStatus(
             name=self.name, spec=self.spec, state=self.state, memlimit=budget.limit,
             bwlimit=self.settings.options.get("bwlimit", 0), codec=self.codec.describe(),
             buffered=budget.used, buffered_peak=budget.peak, reads_paused=budget.paused,
-            read_pauses=budget.pauses, reconnects=self.reconnects, link_rtt_ms=self.link_rtt_ms,
+            read_pauses=budget.pauses, reconnects=self.reconnects, link_rtt_ms=self.heartbeat.rtt_ms,
             drain_rate=self.drain.rate, drain_seconds=self.drain.drain_seconds(budget.used),
-            out_of_sync=packets[_OUT_OF_SYNC], dropped_after_close=table.dropped_after_close,
-            discarded_to_peer=to_peer, discarded_from_peer=from_peer, totals=table.totals(),
+            out_of_sync=packets[_OUT_OF_SYNC], dropped_after_close=counters.dropped_after_close,
+            discarded_to_peer=to_peer, discarded_from_peer=from_peer, totals=counters.totals(live),
             packets=dict(packets),
-            link_cc=self.link_cc, last_error=self.links.last_error, retry_in=self.links.retry_in,
+            link_cc=None if meta is None or meta.transport is None else congestion_control(
+                meta.transport), last_error=self.links.last_error, retry_in=self.links.retry_in,
             streams=tuple(StreamStatus(
                 kind=s.name, sid=s.sid, peer=s.peer, to_peer=s.to_peer,
                 to_peer_wire=s.to_peer_wire, from_peer=s.from_peer,

@@ -8,11 +8,13 @@ into :class:`Encoded` payloads for the link's :class:`~drbdproxy.relay.writer.Fr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 from twisted.internet.defer import Deferred
 
-from drbdproxy.codecs import RAW_CODEC, Codec, encode_chunk
-from drbdproxy.link import data_checksum
+from drbdproxy.admin.logs import logger
+from drbdproxy.codecs import RAW_CODEC, Codec, PluginSpec, codec_for, encode_chunk
+from drbdproxy.link import Accepted, data_checksum
 from drbdproxy.relay.workers import Workers
 
 
@@ -75,3 +77,17 @@ def chunks(data: bytes, size: int) -> list[bytes | memoryview]:
     if type(data) is bytes:
         return [view[i : i + size] for i in range(0, len(data), size)]
     return [bytes(view[i : i + size]) for i in range(0, len(data), size)]
+
+
+_log = logger()
+
+
+def codec_within(name: str, plugins: Sequence[PluginSpec], accepted: Accepted | None) -> Codec:
+    """The codec connection ``name``'s plugin lines ask for, if the peer proxy said in its
+    handshake that it can decompress it; raw otherwise (never send it more than it can read)."""
+    codec = codec_for(plugins)
+    if accepted is not None and int(codec.id) not in accepted.peer_codecs:
+        _log.warn("peer proxy of {name} cannot decompress {codec}; sending raw", name=name,
+                  codec=codec.describe())
+        return codec_for([])
+    return codec

@@ -41,6 +41,8 @@ from drbdproxy.relay.tls import TlsConfig, check_peer
 from drbdproxy.spec import ConnectionSpec, Settings
 from drbdproxy.units import format_address
 
+#: Seconds the peer proxy may be unreachable before each failed dial is a warning.
+UNREACHABLE_WARNING = 30.0
 #: Every codec this proxy can decompress, announced in the handshake.
 DECODABLE = tuple(int(c) for c in CodecId)
 
@@ -80,6 +82,7 @@ class PeerLinks:
         self.clock = connection.clock
         self._dialFailures = Summarised(self._log, self.clock)
         self._tuning = LinkSocketTuning(connection.name, self._log)
+        self._unreachable_since: float | None = None
 
     def stop(self) -> None:
         self._dialFailures.stop()
@@ -155,14 +158,27 @@ class PeerLinks:
 
     def dialFailed(self, factory: LinkClientFactory, role: LinkRole, message: str) -> None:
         conn = self._conn
-        if conn.links.dialFailed(factory, message):
-            self._dialFailures.warn("cannot reach the peer proxy of {name} at {peer}: {reason}",
-                                    name=conn.name, reason=message,
-                                    peer=format_address(*conn.spec.connect_peer_outside))
+        if not conn.links.dialFailed(factory, message):
+            return
+        # Proxies start one after the other: a peer not there yet is news, not a problem,
+        # until it stays away.
+        now = self.clock.seconds()
+        if self._unreachable_since is None:
+            self._unreachable_since = now
+        away = now - self._unreachable_since
+        fields = dict(name=conn.name, reason=message, away=away,
+                      peer=format_address(*conn.spec.connect_peer_outside))
+        if away >= UNREACHABLE_WARNING:
+            self._dialFailures.warn("cannot reach the peer proxy of {name} at {peer} for"
+                                    " {away:.0f} s: {reason}", **fields)
+        elif away == 0:
+            self._log.info("cannot reach the peer proxy of {name} at {peer} yet: {reason}"
+                           " (dialling again with backoff)", **fields)
 
     def linkUp(self, link: LinkProtocol, accepted: Accepted) -> None:
         conn = self._conn
         if accepted.role is LinkRole.META:
+            self._unreachable_since = None
             if conn.meta is not None:
                 self._log.warn("a new meta link of {name} from {source} replaces the live one",
                                name=conn.name, source=link.source)

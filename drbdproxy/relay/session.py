@@ -180,7 +180,7 @@ class PeerSession:
         self._heartbeat.stop()
         links = [link for link in (self.meta, self.bulk) if link is not None]
         dropped = sum(link.writer.close() for link in links if link.writer is not None)
-        self._table.discarded_to_peer += dropped
+        self._table.counters.discarded_to_peer += dropped
         self._table.abortAll()
         for link in links:
             link.fail(reason, goaway.encode() if goaway is not None else None)

@@ -4,7 +4,7 @@ that open, close and discard them, the bounds on what a peer may open, and their
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from drbdproxy.admin.logs import Summarised, logger
 from drbdproxy.link import (
@@ -75,17 +75,7 @@ class StreamTable:
         self._refusals = refusals
         self.streams: dict[Key, Stream] = {}
         self._links: dict[StreamLink, _LinkStreams] = {}
-        #: Raw bytes of DATA frames that came for a stream already gone here (its DRBD socket
-        #: closed first): dropped, so the peer's to_peer bytes are our from_peer plus these.
-        self.dropped_after_close = 0
-        #: Raw bytes thrown away because their DRBD socket or the whole session closed: read
-        #: from our DRBD but never sent, and received for our DRBD but never written to it
-        #: (dropped_after_close included).
-        self.discarded_to_peer = 0
-        self.discarded_from_peer = 0
-        #: Byte counters of DRBD sockets that have closed, per kind (data, meta, opaque).
-        self.closed_totals: dict[str, dict[str, int]] = {}
-        self.closed_packets: Counter[tuple[str, str, str]] = Counter()
+        self.counters = StreamCounters(owner.name)
 
     def __iter__(self) -> Iterator[Stream]:
         return iter(list(self.streams.values()))
@@ -131,7 +121,7 @@ class StreamTable:
 
     def gone(self, stream: Stream) -> None:
         """A stream is over: count it into the totals (once), forget it."""
-        self.retire(stream)
+        self.counters.retire(stream)
         if self.streams.get((stream.link, stream.sid)) is stream:
             del self.streams[(stream.link, stream.sid)]
 
@@ -150,8 +140,7 @@ class StreamTable:
             stream.fromPeer(frame)
             return
         self._checkKnown(link, frame.stream)
-        self.dropped_after_close += frame.raw_length
-        self.discarded_from_peer += frame.raw_length
+        self.counters.droppedAfterClose(frame.raw_length)
 
     def closed(self, link: StreamLink, frame: Close) -> None:
         stream = self.streams.pop((link, frame.stream), None)
@@ -235,8 +224,32 @@ class StreamTable:
         streams, self.streams = list(self.streams.values()), {}
         for stream in streams:
             stream.abort()
-            self.retire(stream)
+            self.counters.retire(stream)
         self._links.clear()
+
+
+class StreamCounters:
+    """What the streams of a connection carried and threw away, over closed and live ones."""
+
+    _log = logger()
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        #: Raw bytes of DATA frames that came for a stream already gone here (its DRBD socket
+        #: closed first): dropped, so the peer's to_peer bytes are our from_peer plus these.
+        self.dropped_after_close = 0
+        #: Raw bytes thrown away because their DRBD socket or the whole session closed: read
+        #: from our DRBD but never sent, and received for our DRBD but never written to it
+        #: (dropped_after_close included).
+        self.discarded_to_peer = 0
+        self.discarded_from_peer = 0
+        #: Byte counters of DRBD sockets that have closed, per kind (data, meta, opaque).
+        self.closed_totals: dict[str, dict[str, int]] = {}
+        self.closed_packets: Counter[tuple[str, str, str]] = Counter()
+
+    def droppedAfterClose(self, raw: int) -> None:
+        self.dropped_after_close += raw
+        self.discarded_from_peer += raw
 
     def retire(self, stream: Stream) -> None:
         if stream.retired:
@@ -249,34 +262,33 @@ class StreamTable:
         self._log.info("DRBD {kind} socket {peer} of {name} (stream {sid}) closed ({to_peer} bytes"
                        " to the peer, {from_peer} from it{discarded})", kind=stream.name,
                        peer=stream.peer, sid=stream.label,
-                       name=self._owner.name, to_peer=stream.to_peer, from_peer=stream.from_peer,
+                       name=self._name, to_peer=stream.to_peer, from_peer=stream.from_peer,
                        discarded=discarded)
         self.discarded_to_peer += stream.discarded_to_peer
         self.discarded_from_peer += stream.discarded_from_peer
         _addCounters(self.closed_totals.setdefault(stream.name, {}), stream)
         _addPackets(self.closed_packets, stream)
 
-    # -- counters ------------------------------------------------------------------------------
-    def totals(self) -> dict[str, dict[str, int]]:
-        """Byte counters per DRBD socket kind, over closed and live sockets."""
+    def totals(self, live: Iterable[Stream]) -> dict[str, dict[str, int]]:
+        """Byte counters per DRBD socket kind, over closed and ``live`` sockets."""
         result = {kind: dict(counters) for kind, counters in self.closed_totals.items()}
-        for stream in self.streams.values():
+        for stream in live:
             _addCounters(result.setdefault(stream.name, {}), stream)
         return result
 
-    def discardedBytes(self) -> tuple[int, int]:
-        """Raw bytes discarded so far (to the peer, from the peer), live streams included."""
+    def discardedBytes(self, live: Iterable[Stream]) -> tuple[int, int]:
+        """Raw bytes discarded so far (to the peer, from the peer), ``live`` streams included."""
         to_peer, from_peer = self.discarded_to_peer, self.discarded_from_peer
-        for stream in self.streams.values():
+        for stream in live:
             if not stream.retired:
                 to_peer += stream.discarded_to_peer
                 from_peer += stream.discarded_from_peer
         return to_peer, from_peer
 
-    def packet_counts(self) -> Counter[tuple[str, str, str]]:
-        """DRBD packets per (socket kind, direction, packet name), over closed and live sockets."""
+    def packet_counts(self, live: Iterable[Stream]) -> Counter[tuple[str, str, str]]:
+        """DRBD packets per (socket kind, direction, packet name), over closed and ``live``."""
         result = Counter(self.closed_packets)
-        for stream in self.streams.values():
+        for stream in live:
             _addPackets(result, stream)
         return result
 
