@@ -12,12 +12,13 @@ stands for (:meth:`Command.call`); it does no I/O itself.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 from drbdproxy.spec import COMPRESSION_ON, LINK_CC, Address, ConnectionSpec
-from drbdproxy.units import parse_address, parse_size
+from drbdproxy.units import parse_address, parse_rate, parse_size
 
 if TYPE_CHECKING:
     from drbdproxy.control.interface import IProxyControl
@@ -63,22 +64,7 @@ def _choice(what: str, words: Sequence[str]) -> Callable[[str], int]:
 
 
 def _size(minimum: int) -> Callable[[str], int]:
-    def convert(text: str) -> int:
-        value = parse_size(text)  # its message: bad size '12Q': expected a number with ...
-        if value < minimum:
-            raise ValueError(f"bad size {text!r}: must be at least {minimum} bytes")
-        return value
-
-    return convert
-
-
-def _rate(text: str) -> int:
-    """Bytes per second: a size with an optional ``/s`` (``10M``, ``10M/s``); 0 = unlimited."""
-    body = text[:-2] if text.lower().endswith("/s") else text
-    try:
-        return parse_size(body)
-    except ValueError:
-        raise ValueError(f"bad rate {text!r}: expected bytes/s with an optional k/M/G suffix") from None
+    return functools.partial(parse_size, minimum=minimum)
 
 
 def _compression(text: str) -> int:
@@ -135,7 +121,7 @@ OPTIONS: Mapping[str, OptionSpec] = {
                    "accepted for drbdadm, no effect: each read from DRBD takes up to 512 KiB"),
         OptionSpec("compression", "on|off|N", _compression, "live at the next chunk",
                    "compress the link (0/off = no)"),
-        OptionSpec("bwlimit", "RATE", _rate, "live",
+        OptionSpec("bwlimit", "RATE", parse_rate, "live",
                    "link bandwidth limit, bytes/s with k/M/G (0 = none)"),
         OptionSpec("sndbuf-size", "SIZE", _size(0), "on reconnect",
                    "link socket send buffer (0 = auto)"),
