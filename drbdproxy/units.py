@@ -52,6 +52,20 @@ def format_size(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def format_drbd_size(n: int, unit: bool = False) -> str:
+    """A size as drbd.conf writes it: ``128M`` when exact, else bytes.
+
+    ``unit``: always with a unit, rounded down to whole KiB, for options whose bare number is
+    not bytes (DRBD reads a bare ``congestion-fill`` in 512-byte sectors).
+    """
+    if unit:
+        n -= n % 1024
+    for suffix, size in (("G", 1 << 30), ("M", 1 << 20), ("k", 1 << 10)):
+        if n and n % size == 0:
+            return f"{n // size}{suffix}"
+    return f"{n // 1024}k" if unit else str(n)
+
+
 def parse_address(text: str) -> tuple[str, int]:
     """``IP:PORT`` -> (ip, port). IPv6 with brackets or without (split at the last colon).
 

@@ -11,14 +11,23 @@ stands for (:meth:`Command.call`); it does no I/O itself.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence, cast
 
-from drbdproxy.spec import COMPRESSION_ON, LINK_CC, Address, ConnectionSpec
-from drbdproxy.units import parse_address, parse_rate, parse_size
+from drbdproxy.spec import (
+    COMPRESSION_ON,
+    DEFAULT_LINK_CC,
+    DEFAULT_MEMLIMIT,
+    DEFAULT_PING_TIMEOUT,
+    LINK_CC,
+    Address,
+    ConnectionSpec,
+)
+from drbdproxy.units import format_drbd_size, parse_address, parse_rate, parse_size
 
 if TYPE_CHECKING:
     from drbdproxy.control.interface import IProxyControl
@@ -227,58 +236,78 @@ class SetLoglevel(Command):
 
 @dataclass(frozen=True)
 class Show(Command):
+    as_json: bool = False
+
     def call(self, control: IProxyControl) -> Any:
-        return control.show()
+        return control.show(self.as_json) if self.as_json else control.show()
 
 
 @dataclass(frozen=True)
 class ShowProxySettings(Command):
     name: str
+    as_json: bool = False
 
     def call(self, control: IProxyControl) -> Any:
+        if self.as_json:
+            return control.proxy_settings(self.name, True)
         return control.proxy_settings(self.name)
 
 
 @dataclass(frozen=True)
 class ShowMemusage(Command):
     human: bool = False
+    as_json: bool = False
 
     def call(self, control: IProxyControl) -> Any:
+        if self.as_json:
+            return control.memusage(self.human, True)
         return control.memusage(self.human)
 
 
 @dataclass(frozen=True)
 class ShowVersion(Command):
+    as_json: bool = False
+
     def call(self, control: IProxyControl) -> Any:
-        return control.version()
+        return control.version(True) if self.as_json else control.version()
 
 
 @dataclass(frozen=True)
 class ListConnections(Command):
     human: bool = False
+    as_json: bool = False
 
     def call(self, control: IProxyControl) -> Any:
+        if self.as_json:
+            return control.connections(self.human, True)
         return control.connections(self.human)
 
 
 @dataclass(frozen=True)
 class ListSubconnections(Command):
     human: bool = False
+    as_json: bool = False
 
     def call(self, control: IProxyControl) -> Any:
+        if self.as_json:
+            return control.subconnections(self.human, True)
         return control.subconnections(self.human)
 
 
 @dataclass(frozen=True)
 class ListDetails(Command):
+    as_json: bool = False
+
     def call(self, control: IProxyControl) -> Any:
-        return control.details()
+        return control.details(True) if self.as_json else control.details()
 
 
 @dataclass(frozen=True)
 class PrintStatistics(Command):
+    as_json: bool = False
+
     def call(self, control: IProxyControl) -> Any:
-        return control.statistics()
+        return control.statistics(True) if self.as_json else control.statistics()
 
 
 @dataclass(frozen=True)
@@ -331,6 +360,8 @@ class Entry:
     description: str
     tail: Tail | None = None
     title: str = ""  # how help shows the keywords; default: the first spelling
+    #: A read-side command: ``-j``/``--json`` after its keywords asks for a JSON document.
+    json: bool = False
 
     @property
     def syntax(self) -> str:
@@ -340,7 +371,8 @@ class Entry:
 
     @property
     def usage(self) -> str:
-        return " ".join(filter(None, (self.title or self.spellings[0], self.syntax)))
+        flag = "[-j]" if self.json else ""
+        return " ".join(filter(None, (self.title or self.spellings[0], self.syntax, flag)))
 
 
 def _add_options(words: list[str]) -> tuple[dict[str, int], tuple[str, ...]]:
@@ -407,23 +439,30 @@ TABLE: tuple[Entry, ...] = (
           tail=Tail("WORDS...|END", _plugin_words, minimum=1)),
     Entry(("set loglevel",), (Param("LEVEL", _loglevel),), SetLoglevel,
           f"daemon log level: {' '.join(LOG_LEVELS)} (applies live)"),
-    Entry(("show",), (), Show, "configured connections"),
+    Entry(("show",), (), Show, "configured connections", json=True),
     Entry(("show proxy-settings",), (_NAME,), ShowProxySettings,
-          "the connection's drbd.conf proxy { } block (for drbdadm adjust)"),
-    Entry(("show memusage",), (), ShowMemusage, "per connection: buffered bytes, memlimit, peak"),
-    Entry(("show hmemusage",), (), lambda: ShowMemusage(True), "show memusage, human-readable sizes"),
-    Entry(("show version",), (), ShowVersion, "daemon version"),
+          "the connection's drbd.conf proxy { } block (for drbdadm adjust)", json=True),
+    Entry(("show memusage",), (), ShowMemusage,
+          "per connection: buffered bytes, memlimit, peak, drain time, congestion-fill advice",
+          json=True),
+    Entry(("show hmemusage",), (), lambda: ShowMemusage(True), "show memusage, human-readable sizes",
+          json=True),
+    Entry(("show version",), (), ShowVersion, "daemon version", json=True),
     Entry(("list connections", "show connections"), (), ListConnections,
-          "configured connections and their state", title="list|show connections"),
+          "configured connections: Status, buffer, rates, ratio (tab-separated, header first)",
+          title="list|show connections", json=True),
     Entry(("list hconnections", "show hconnections"), (), lambda: ListConnections(True),
-          "the same, human-readable sizes", title="list|show hconnections"),
+          "the same, aligned, human-readable sizes", title="list|show hconnections", json=True),
     Entry(("list subconnections", "show subconnections"), (), ListSubconnections,
-          "established DRBD sockets: bytes, rates, compression ratio", title="list|show subconnections"),
+          "established DRBD sockets: bytes, rates, compression ratio (tab-separated)",
+          title="list|show subconnections", json=True),
     Entry(("list hsubconnections", "show hsubconnections"), (), lambda: ListSubconnections(True),
-          "the same, human-readable sizes", title="list|show hsubconnections"),
-    Entry(("list details", "show details"), (), ListDetails,
-          "per DRBD socket, counters for each DRBD packet type", title="list|show details"),
-    Entry(("print statistics",), (), PrintStatistics, "all counters, one 'key value' per line"),
+          "the same, aligned, human-readable sizes", title="list|show hsubconnections", json=True),
+    Entry(("list details", "show details", "print details"), (), ListDetails,
+          "per DRBD socket, counters for each DRBD packet type", title="list|show|print details",
+          json=True),
+    Entry(("print statistics",), (), PrintStatistics, "all counters, one 'key value' per line",
+          json=True),
     Entry(("help",), (), Help, "this list (keywords are case-insensitive)"),
     Entry(("quit",), (), Quit, "close this control session"),
     Entry(("shutdown",), (), Shutdown, "stop the daemon, closing every DRBD connection"),
@@ -470,8 +509,16 @@ def parse_command(line: str) -> Command:
     raise CommandError(f"unknown command {words[0]!r} (try help)")
 
 
+JSON_FLAGS = ("-j", "--json")
+
+
 def _apply(entry: Entry, keys: tuple[str, ...], args: list[str]) -> Command:
     spelled = " ".join(keys)
+    as_json = any(a.lower() in JSON_FLAGS for a in args)
+    if as_json:
+        if not entry.json:
+            raise CommandError(f"{spelled}: -j/--json is for the show, list and print commands")
+        args = [a for a in args if a.lower() not in JSON_FLAGS]
     fixed = len(entry.params)
     if entry.tail is None and len(args) > fixed:
         if keys in _CHILDREN and not fixed:
@@ -490,11 +537,22 @@ def _apply(entry: Entry, keys: tuple[str, ...], args: list[str]) -> Command:
             values.append(entry.tail.convert(args[fixed:]))
     except ValueError as e:
         raise CommandError(f"{spelled}: {e}") from None
-    return entry.build(*values)
+    command = entry.build(*values)
+    # Every entry marked json builds a dataclass with an as_json field.
+    return dataclasses.replace(cast(Any, command), as_json=True) if as_json else command
 
 
 def help_lines() -> list[str]:
     """The ``help`` reply: one line per command of :data:`TABLE`, with its description."""
     width = 34
-    return [f"{e.usage:<{width}} {e.description}" if len(e.usage) <= width else f"{e.usage}  {e.description}"
-            for e in TABLE]
+    lines = [f"{e.usage:<{width}} {e.description}" if len(e.usage) <= width
+             else f"{e.usage}  {e.description}" for e in TABLE]
+    return lines + [
+        "",
+        f"defaults: memlimit {format_drbd_size(DEFAULT_MEMLIMIT)}, compression lz4 (until plugins"
+        " or compression are set; off: set compression NAME off), bwlimit 0 (none),"
+        f" ping-timeout {DEFAULT_PING_TIMEOUT} ({DEFAULT_PING_TIMEOUT / 10:g} s),"
+        f" link-cc {LINK_CC[DEFAULT_LINK_CC]}, sndbuf-size and rcvbuf-size 0 (the kernel's)",
+        "sizes: a number of bytes with an optional k, M, G or T suffix (binary; s = 512 bytes)",
+        "-j or --json after a show, list or print command: one JSON document instead of text",
+    ]
