@@ -187,12 +187,9 @@ def add_commands(site: str, i: int, p: Ports) -> list[str]:
 
 
 def states(ctl: Control) -> dict[str, str]:
-    """Connection name -> state, from ``list connections`` (``NAME: STATE reconnects N``)."""
-    out = {}
-    for line in ctl.command("list connections"):
-        name, _, rest = line.partition(": ")
-        out[name] = rest.split()[0] if rest else ""
-    return out
+    """Connection name -> state, from ``list connections -j``."""
+    return {c["name"]: c["state"] for line in ctl.command("list connections -j")
+            for c in json.loads(line)["connections"]}
 
 
 def all_in(ctls: dict[str, Control], conns: range, state: str) -> bool:
@@ -598,19 +595,17 @@ def freeze_and_drain(procs: Processes, ctls: dict[str, Control], pairs: Pairs, k
         raise RuntimeError(error)
 
 
-STREAM = re.compile(r"^(r\d+)-\S+ (\w+) stream (\d+) drbd .*: to-peer (\d+) .* from-peer (\d+) ")
-
-
 def live_streams(ctl: Control, kind: str | None = None
                  ) -> dict[tuple[str, str, str], tuple[int, int]]:
     """(connection rN, kind, stream id) -> (to-peer, from-peer) bytes of every live stream of
-    ``kind`` (or all), from ``list subconnections``; a stream has the same id at both daemons."""
+    ``kind`` (or all), from ``list subconnections -j``; a stream has the same id at both daemons."""
     out = {}
-    for line in ctl.command("list subconnections"):
-        if match := STREAM.match(line):
-            conn, name, sid, to_peer, from_peer = match.groups()
-            if kind is None or name == kind:
-                out[(conn, name, sid)] = (int(to_peer), int(from_peer))
+    for line in ctl.command("list subconnections -j"):
+        for sub in json.loads(line)["subconnections"]:
+            conn = sub["connection"].split("-", 1)[0]
+            if kind is None or sub["socket"] == kind:
+                out[(conn, sub["socket"], str(sub["stream"]))] = (sub["bytes"]["to_peer"],
+                                                                 sub["bytes"]["from_peer"])
     return out
 
 

@@ -6,19 +6,41 @@ import ipaddress
 import re
 import socket
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)[iI]?[bB]?\s*$")
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+# One size grammar for every part of drbdproxy: a decimal number and at most one binary unit.
+# drbd-utils' m_strtoll reads a bare number as bytes here (memlimit's default unit), ``s`` as a
+# 512-byte sector and k/M/G as binary multiples, and refuses anything else. Command lines and
+# the control protocol also take what people type: T, a trailing B or iB (``128MiB``), blanks.
+_SIZE = re.compile(r"^\s*(\d+)\s*(?:([sS])|([kKmMgGtT])([iI]?[bB])?)?\s*$")
+_DRBD_SIZE = re.compile(r"^(\d+)([sSkKmMgG]?)$")
+_UNITS = {"": 1, "s": 512, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
-def parse_size(text: str) -> int:
-    """``128M`` -> 134217728. Units k, M, G, T are binary, as in DRBD; a bare number is bytes.
+def parse_size(text: str, minimum: int = 0, drbd: bool = False) -> int:
+    """``128M`` -> 134217728. Units are binary, as in DRBD; a bare number is bytes.
 
-    :raises ValueError: with a message naming the bad text.
+    ``drbd``: only what drbdadm itself accepts in drbd.conf (no T, no ``MB``/``MiB``, no
+    blanks), so a file we accept is one drbdadm accepts too.
+
+    :raises ValueError: a one-line message naming the bad text and what was expected.
     """
-    m = _SIZE.match(text)
+    m = (_DRBD_SIZE if drbd else _SIZE).match(text)
     if not m:
-        raise ValueError(f"bad size {text!r}: expected a number with an optional k/M/G suffix")
-    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+        units = "k, M or G" if drbd else "k/M/G"
+        raise ValueError(f"bad size {text!r}: expected a number with an optional {units} suffix")
+    unit = (m.group(2) or "") if drbd else (m.group(2) or m.group(3) or "")
+    value = int(m.group(1)) * _UNITS[unit.lower()]
+    if value < minimum:
+        raise ValueError(f"bad size {text!r}: must be at least {minimum} bytes")
+    return value
+
+
+def parse_rate(text: str) -> int:
+    """Bytes per second: a size with an optional ``/s`` (``10M``, ``10M/s``); 0 = unlimited."""
+    body = text[:-2] if text.lower().endswith("/s") else text
+    try:
+        return parse_size(body)
+    except ValueError:
+        raise ValueError(f"bad rate {text!r}: expected bytes/s with an optional k/M/G suffix") from None
 
 
 def format_size(n: float) -> str:
@@ -28,6 +50,20 @@ def format_size(n: float) -> str:
             return f"{n:.0f}" if unit == "" else f"{n:.1f}{unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def format_drbd_size(n: int, unit: bool = False) -> str:
+    """A size as drbd.conf writes it: ``128M`` when exact, else bytes.
+
+    ``unit``: always with a unit, rounded down to whole KiB, for options whose bare number is
+    not bytes (DRBD reads a bare ``congestion-fill`` in 512-byte sectors).
+    """
+    if unit:
+        n -= n % 1024
+    for suffix, size in (("G", 1 << 30), ("M", 1 << 20), ("k", 1 << 10)):
+        if n and n % size == 0:
+            return f"{n // size}{suffix}"
+    return f"{n // 1024}k" if unit else str(n)
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -96,8 +96,11 @@ class ProxyPair:
         daemon.ctl(*args, check=True)
 
     def state(self, daemon: Daemon) -> str:
-        out = daemon.ctl("list", "connections").stdout
-        return out.split(":", 1)[1].split()[0] if ":" in out else ""
+        import json
+
+        out = daemon.ctl("list", "connections", "-j").stdout
+        connections = json.loads(out)["connections"] if out else []
+        return connections[0]["state"] if connections else ""
 
     def wait_linked(self) -> None:
         for d in (self.alice, self.bob):

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drbdproxy.config import ConfigError, ProxyConnectionConfig, load, loads, parse_size
+from drbdproxy.config import ConfigError, ProxyConnectionConfig, load, loads
 
 DRBDADM = shutil.which("drbdadm") or ("/usr/sbin/drbdadm" if os.path.exists("/usr/sbin/drbdadm")
                                       else None)
@@ -267,22 +267,6 @@ def test_quoted_names_and_escapes(tmp_path):
         "resource r0", 'resource "r0"'))
     [conn] = connections(conf, "alice")
     assert conn.name == "r0-bob-alice" and conn.plugins == ["zstd level 4"]
-
-
-@pytest.mark.parametrize("text, size", [
-    ("100", 100), ("100k", 100 << 10), ("100K", 100 << 10), ("128m", 128 << 20),
-    ("128M", 128 << 20), ("1g", 1 << 30), ("1G", 1 << 30), ("8s", 4096), ("0", 0),
-])
-def test_parse_size_like_drbd_utils(text, size):
-    """Sizes are binary, `s` is a 512-byte sector and a bare number is bytes (m_strtoll)."""
-    assert parse_size(text) == size
-
-
-@pytest.mark.parametrize("text", ["1T", "100MB", "100MiB", "0x10", "-1", "on", ""])
-def test_parse_size_refuses_what_drbdadm_refuses(text):
-    """T, MB, MiB and hex are refused by drbdadm; negative sizes make no sense."""
-    with pytest.raises(ValueError):
-        parse_size(text)
 
 
 def test_options_keep_their_text(tmp_path):

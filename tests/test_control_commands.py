@@ -82,7 +82,19 @@ M = 1 << 20
     ("show subconnections", ListSubconnections(False)),
     ("show hsubconnections", ListSubconnections(True)),
     ("show details", ListDetails()),
+    ("print details", ListDetails()),
     ("print statistics", PrintStatistics()),
+    ("show -j", Show(as_json=True)),
+    ("show proxy-settings r0 --json", ShowProxySettings("r0", as_json=True)),
+    ("show proxy-settings -j r0", ShowProxySettings("r0", as_json=True)),
+    ("show memusage -J", ShowMemusage(False, as_json=True)),
+    ("show hmemusage --json", ShowMemusage(True, as_json=True)),
+    ("show version -j", ShowVersion(as_json=True)),
+    ("list connections -j", ListConnections(False, as_json=True)),
+    ("list hconnections -j", ListConnections(True, as_json=True)),
+    ("list subconnections --json", ListSubconnections(False, as_json=True)),
+    ("print details -j", ListDetails(as_json=True)),
+    ("print statistics -j", PrintStatistics(as_json=True)),
     ("help", Help()),
     ("quit", Quit()),
     ("shutdown", Shutdown()),
@@ -137,7 +149,11 @@ def test_every_command_form_parses(line: str, command: object) -> None:
     ("show memusage now", "show memusage: takes no arguments, got 'now'"),
     ("list", "list: expected one of connections, hconnections, subconnections, hsubconnections, details"),
     ("list frob", "list: expected one of connections"),
-    ("print", "print: expected one of statistics"),
+    ("print", "print: expected one of details, statistics"),
+    ("set memlimit r0 1M -j", "set memlimit: -j/--json is for the show, list and print commands"),
+    ("help --json", "help: -j/--json is for the show, list and print commands"),
+    ("show proxy-settings -j", "show proxy-settings: expected NAME"),
+    ("list connections -j extra", "list connections: takes no arguments, got 'extra'"),
     ("quit now", "quit: takes no arguments, got 'now'"),
     ("shutdown -f", "shutdown: takes no arguments, got '-f'"),
 ])
@@ -253,8 +269,7 @@ def test_session_actions_and_mutation_flags() -> None:
 
 def test_help_has_one_line_per_command_with_apply_timing() -> None:
     """help renders one line per table entry, and says for each set option when it applies."""
-    lines = help_lines()
-    assert len(lines) == len(TABLE)
+    lines = help_lines()[:len(TABLE)]
     assert all(len(line.split("\n")) == 1 for line in lines)
     by_command = {line.split()[1]: line for line in lines if line.startswith("set ")}
     expected = {"memlimit": "applies live", "plugin": "applies live at the next chunk",
@@ -264,9 +279,22 @@ def test_help_has_one_line_per_command_with_apply_timing() -> None:
     for option, timing in expected.items():
         assert timing in by_command[option], option
     for word in ("add connection", "del connection", "show proxy-settings", "list|show connections",
-                 "list|show details", "print statistics", "quit", "shutdown", "help"):
+                 "list|show|print details", "print statistics", "quit", "shutdown", "help"):
         assert any(line.startswith(word) for line in lines), word
     assert set(OPTIONS) | {"plugin", "loglevel"} == set(by_command)
+
+
+def test_help_states_the_defaults_and_the_json_flag() -> None:
+    """After the commands, help names every default (lz4 compression, 16M memlimit, ...) and -j."""
+    lines = help_lines()
+    assert lines[len(TABLE)] == ""
+    defaults = next(line for line in lines if line.startswith("defaults: "))
+    for text in ("memlimit 16M", "compression lz4", "bwlimit 0", "ping-timeout 100 (10 s)",
+                 "link-cc bbr"):
+        assert text in defaults, text
+    assert any("-j or --json" in line for line in lines[len(TABLE):])
+    assert "list|show connections [-j]" in "\n".join(lines)
+    assert "add connection NAME" in lines[0] and "[-j]" not in lines[0]
 
 
 def test_every_table_spelling_parses_to_its_entry() -> None:

@@ -30,6 +30,11 @@ from drbdproxy.control.protocol import (
 M = 1 << 20
 
 
+def _json(as_json: bool) -> tuple[str, ...]:
+    """How a call with -j is recorded: one more "json" argument (none without it)."""
+    return ("json",) if as_json else ()
+
+
 @implementer(IProxyControl)
 class FakeControl:
     """Records every call; ``results[name]`` is returned, raised (an exception) or called."""
@@ -66,29 +71,29 @@ class FakeControl:
     def set_loglevel(self, level: str) -> Any:
         return self._call("set_loglevel", level)
 
-    def show(self) -> Any:
-        return self._call("show")
+    def show(self, as_json: bool = False) -> Any:
+        return self._call("show", *_json(as_json))
 
-    def proxy_settings(self, name: str) -> Any:
-        return self._call("proxy_settings", name)
+    def proxy_settings(self, name: str, as_json: bool = False) -> Any:
+        return self._call("proxy_settings", name, *_json(as_json))
 
-    def memusage(self, human: bool) -> Any:
-        return self._call("memusage", human)
+    def memusage(self, human: bool, as_json: bool = False) -> Any:
+        return self._call("memusage", human, *_json(as_json))
 
-    def connections(self, human: bool) -> Any:
-        return self._call("connections", human)
+    def connections(self, human: bool, as_json: bool = False) -> Any:
+        return self._call("connections", human, *_json(as_json))
 
-    def subconnections(self, human: bool) -> Any:
-        return self._call("subconnections", human)
+    def subconnections(self, human: bool, as_json: bool = False) -> Any:
+        return self._call("subconnections", human, *_json(as_json))
 
-    def details(self) -> Any:
-        return self._call("details")
+    def details(self, as_json: bool = False) -> Any:
+        return self._call("details", *_json(as_json))
 
-    def statistics(self) -> Any:
-        return self._call("statistics")
+    def statistics(self, as_json: bool = False) -> Any:
+        return self._call("statistics", *_json(as_json))
 
-    def version(self) -> Any:
-        return self._call("version")
+    def version(self, as_json: bool = False) -> Any:
+        return self._call("version", *_json(as_json))
 
     def shutdown(self) -> Any:
         return self._call("shutdown")
@@ -176,6 +181,10 @@ def test_mutating_command_reaches_the_implementation(session: Session, control: 
     (b"list hconnections", ("connections", True)),
     (b"show subconnections", ("subconnections", False)),
     (b"list details", ("details",)),
+    (b"print details", ("details",)),
+    (b"list connections -j", ("connections", False, "json")),
+    (b"show proxy-settings r0 --json", ("proxy_settings", "r0", "json")),
+    (b"print statistics -j", ("statistics", "json")),
     (b"print statistics", ("statistics",)),
     (b"show version", ("version",)),
 ])

@@ -31,7 +31,9 @@ def test_drbdadm_9_argv_configures_a_connection(daemon):
     assert out.returncode == 0, out.stderr
     settings = daemon.ctl("show", "proxy-settings", "r0-bob-alice", check=True).stdout
     assert settings.split() == ("proxy { memlimit 100M; plugin { zlib level 6; lz4 level 9; } }").split()
-    assert daemon.ctl("list", "connections", check=True).stdout.startswith("r0-bob-alice: Connecting")
+    rows = daemon.ctl("list", "connections", check=True).stdout.splitlines()
+    assert rows[0].split("\t")[:2] == ["Name", "Status"]
+    assert rows[1].split("\t")[:2] == ["r0-bob-alice", "Connecting"]
 
 
 def test_bad_input_is_refused_and_changes_nothing(daemon):
@@ -44,11 +46,14 @@ def test_bad_input_is_refused_and_changes_nothing(daemon):
         ("set memlimit r0 12Q", "12Q"),
         ("add connection r1 127.0.0.1:1 nowhere:2 127.0.0.1:3 127.0.0.1:4", "nowhere"),
         ("set memlimit nosuch 10M", "nosuch"),
+        ("set memlimit r0 64T", "physical memory"),
+        ("add connection r2 127.0.0.1:1 127.0.0.1:2 127.0.0.1:3 127.0.0.1:4 --memlimit=64T",
+         "physical memory"),
     ]:
         out = daemon.ctl("-c", command)
         assert out.returncode == 1 and needle in out.stderr, (command, out.stderr)
     assert daemon.ctl("show", "proxy-settings", "r0", check=True).stdout == before
-    assert daemon.ctl("list", "connections", check=True).stdout.startswith("r0: Connecting")
+    assert daemon.ctl("list", "connections", check=True).stdout.splitlines()[1].startswith("r0\tConnecting")
 
 
 def test_a_port_in_use_is_a_clear_error(daemon):
@@ -75,6 +80,27 @@ def test_statistics_and_version(daemon):
     stats = dict(line.split(" ", 1) for line in daemon.ctl("print", "statistics", check=True).stdout.splitlines())
     assert stats["r0.state"] == "Connecting" and stats["r0.memlimit"] == str(32 << 20)
     assert daemon.ctl("show", "version", check=True).stdout.startswith("drbdproxy ")
+
+
+def test_json_documents_for_scripts(daemon):
+    """-j after a show, list or print command gives one JSON document; elsewhere it is refused."""
+    import json
+
+    daemon.ctl("-c", add_args("r0", free_ports(4)), "-c", "set memlimit r0 32M", check=True)
+    [conn] = json.loads(daemon.ctl("list", "connections", "-j", check=True).stdout)["connections"]
+    assert (conn["name"], conn["state"], conn["memlimit"]) == ("r0", "Connecting", 32 << 20)
+    assert conn["codec"].startswith("lz4")  # the default, as nothing else was set
+    assert conn["congestion_fill"] == int(32 * (1 << 20) * 0.9)  # nothing sent: ratio 1
+    stats = json.loads(daemon.ctl("-c", "print statistics --json", check=True).stdout)["statistics"]
+    assert stats["r0.memlimit"] == 32 << 20 and stats["r0.link_rtt_ms"] is None
+    settings = json.loads(daemon.ctl("show", "proxy-settings", "r0", "-j", check=True).stdout)
+    assert settings == {"name": "r0", "memlimit": 32 << 20, "options": {}, "plugins": []}
+    assert json.loads(daemon.ctl("list", "subconnections", "-j", check=True).stdout) == {
+        "subconnections": []}
+    assert json.loads(daemon.ctl("print", "details", "-j", check=True).stdout) == {
+        "subconnections": []}
+    refused = daemon.ctl("-c", "set memlimit r0 64M -j")
+    assert refused.returncode == 1 and "-j/--json is for the show, list and print" in refused.stderr
 
 
 def test_shutdown_stops_the_daemon(daemon):

@@ -58,7 +58,7 @@ def test_start_status_stop(init, tmp_path):
     assert started.returncode == 0, started.stdout + started.stderr
     pid = int((tmp_path / "run" / "drbd-proxy.pid").read_text())
     status = init("status")
-    assert status.returncode == 0 and "r0-bob-alice: Connecting" in status.stdout
+    assert status.returncode == 0 and "\nr0-bob-alice\tConnecting\t" in status.stdout
     again = init("start")
     assert again.returncode == 0 and "already running" in again.stdout
     stopped = init("stop")

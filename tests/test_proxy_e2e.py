@@ -40,15 +40,20 @@ def test_reverse_roles(pair, sims):
 
 
 def test_subconnections_show_both_drbd_sockets(pair, sims):
-    """While DRBD is connected, list hsubconnections shows the data and meta sockets with ratios."""
+    """While DRBD is connected, list subconnections shows the data and meta sockets with their
+    compression ratio in LINBIT's field 13; list hsubconnections the same, aligned."""
     primary_args, secondary_args = pair.sim_args("--rate", "2M", "--size", "1G", "--progress", "0.2")
     secondary = sims(*secondary_args)
     primary = sims(*primary_args)
     secondary.wait_for_line("progress")  # data is flowing through the pair
-    out = pair.alice.ctl("list", "hsubconnections", check=True).stdout
-    lines = out.splitlines()
-    assert any(" data " in line and "ratio" in line for line in lines), out
-    assert any(" meta " in line for line in lines), out
+    out = pair.alice.ctl("list", "subconnections", check=True).stdout
+    header, *rows = [line.split("\t") for line in out.splitlines()]
+    assert (header[1], header[12]) == ("Socket", "Ratio"), out
+    data = [row for row in rows if row[1] == "data"]
+    assert data and float(data[0][12]) > 0, out
+    assert any(row[1] == "meta" for row in rows), out
+    human = pair.alice.ctl("list", "hsubconnections", check=True).stdout
+    assert "\t" not in human and " data " in human and " meta " in human, human
     assert pair.state(pair.alice) == "Connected"
     primary.kill()
     secondary.kill()

@@ -254,8 +254,11 @@ def lone_alice(tmp_path: Path, peer_port: int, *setup: str) -> tuple[Daemon, tup
 
 
 def state(daemon: Daemon) -> str:
-    out = daemon.ctl("list", "connections").stdout
-    return out.split(":", 1)[1].split()[0] if ":" in out else ""
+    import json
+
+    out = daemon.ctl("list", "connections", "-j").stdout
+    connections = json.loads(out)["connections"] if out else []
+    return connections[0]["state"] if connections else ""
 
 
 @pytest.fixture

@@ -27,7 +27,6 @@ from drbdproxy.config.model import (
     ProxySection,
     ProxySettings,
     Resource,
-    parse_size,
 )
 from drbdproxy.config.parser import load, loads
 
@@ -48,5 +47,4 @@ __all__ = [
     "Resource",
     "load",
     "loads",
-    "parse_size",
 ]

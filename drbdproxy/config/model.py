@@ -27,11 +27,11 @@ Rules measured against drbdadm 9.22.0 and drbdadm-84 (``drbdadm -d``; see tests/
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from drbdproxy.config.lexer import ConfigError
+from drbdproxy.units import parse_size
 
 __all__ = [
     "Address",
@@ -47,31 +47,11 @@ __all__ = [
     "ProxySettings",
     "Resource",
     "PROXY_OPTIONS",
-    "parse_size",
 ]
 
 # The proxy options drbd-utils knows (config_flags.c proxy_options_ctx; v84 scanner), in its order.
 PROXY_OPTIONS = ("memlimit", "read-loops", "compression", "bwlimit", "sndbuf-size", "rcvbuf-size",
                  "ping-timeout")
-
-# drbd-utils' m_strtoll with a default unit of bytes: an optional sign is not allowed here (a
-# negative size means nothing), one suffix: s = 512-byte sectors, k/K, m/M, g/G binary multiples.
-_SIZE = re.compile(r"^(\d+)([sSkKmMgG]?)$")
-_UNIT = {"": 1, "s": 512, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-
-
-def parse_size(text: str) -> int:
-    """``128M`` -> 134217728, the way drbd-utils reads a memlimit: a bare number is bytes.
-
-    Units are binary (k = 1024), ``s`` is a 512-byte sector; drbdadm refuses ``T``, ``MB``, ``MiB``.
-
-    :raises ValueError: for anything else.
-    """
-    match = _SIZE.match(text.strip())
-    if match is None:
-        raise ValueError(f"{text!r} is not a size: use a number with an optional k, M or G suffix")
-    return int(match.group(1)) * _UNIT[match.group(2).lower()]
-
 
 @dataclass(frozen=True)
 class Location:
@@ -215,7 +195,7 @@ class ProxyConnectionConfig:
     def memlimit(self) -> int | None:
         """The memory limit in bytes, or None when the configuration sets none."""
         value = self.options.get("memlimit")
-        return None if value is None else parse_size(value)
+        return None if value is None else parse_size(value, drbd=True)
 
     def add_command(self) -> str:
         """``add connection NAME INSIDE PEER_OUTSIDE MY_OUTSIDE MY_DRBD``."""
@@ -302,7 +282,7 @@ def _own_plugins(settings: ProxySettings) -> list[_Opt]:
 def _same_value(a: str, b: str) -> bool:
     """drbd-utils compares numeric options by value, so ``1M`` and ``1024k`` agree."""
     try:
-        return parse_size(a) == parse_size(b)
+        return parse_size(a, drbd=True) == parse_size(b, drbd=True)
     except ValueError:
         return a == b
 

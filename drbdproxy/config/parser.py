@@ -39,9 +39,9 @@ from drbdproxy.config.model import (
     ProxySection,
     ProxySettings,
     Resource,
-    parse_size,
     validate,
 )
+from drbdproxy.units import parse_size
 
 __all__ = ["load", "loads"]
 
@@ -402,7 +402,7 @@ def _check_value(name: Token, value: Token) -> None:
     if name.text == "compression" and value.text in ("on", "off"):
         return  # DRBD 8.4 / proxy v1 wording; drbdadm 9 wants a number, drbdadm-84 passes it on
     try:
-        number = parse_size(value.text)
+        number = parse_size(value.text, drbd=True)
     except ValueError:
         allowed = "a number, 'on' or 'off'" if name.text == "compression" else (
             "a size like 128M (a number with an optional k, M or G suffix)"

@@ -5,36 +5,63 @@ converter), an optional variadic tail, the command class it builds and a one-lin
 :func:`parse_command` matches the longest keyword prefix (case-insensitively) and converts the
 arguments; :func:`help_lines` renders ``help`` from the same table.
 
-A command object knows which :class:`~drbdproxy.control.interface.IProxyControl` operation it
-stands for (:meth:`Command.call`); it does no I/O itself.
+The command objects live in :mod:`drbdproxy.control.operations` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import enum
+import dataclasses
+import functools
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, cast
 
-from drbdproxy.spec import COMPRESSION_ON, LINK_CC, Address, ConnectionSpec
-from drbdproxy.units import parse_address, parse_size
+from drbdproxy.spec import (
+    COMPRESSION_ON,
+    DEFAULT_LINK_CC,
+    DEFAULT_MEMLIMIT,
+    DEFAULT_PING_TIMEOUT,
+    LINK_CC,
+    Address,
+    ConnectionSpec,
+)
+from drbdproxy.control.operations import (
+    Action,
+    AddConnection,
+    Command,
+    DelConnection,
+    ListConnections,
+    ListDetails,
+    ListSubconnections,
+    PrintStatistics,
+    Quit,
+    SetLoglevel,
+    SetMemlimit,
+    SetOption,
+    SetPlugin,
+    Show,
+    ShowMemusage,
+    ShowProxySettings,
+    ShowVersion,
+    Shutdown,
+)
+from drbdproxy.units import format_drbd_size, parse_address, parse_rate, parse_size
 
 if TYPE_CHECKING:
     from drbdproxy.control.interface import IProxyControl
+
+__all__ = [
+    "OPTIONS", "TABLE", "Action", "AddConnection", "Command", "CommandError", "DelConnection",
+    "Help", "ListConnections", "ListDetails", "ListSubconnections", "PrintStatistics", "Quit",
+    "SetLoglevel", "SetMemlimit", "SetOption", "SetPlugin", "Show", "ShowMemusage",
+    "ShowProxySettings", "ShowVersion", "Shutdown", "help_lines", "parse_command",
+]
 
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 
 
 class CommandError(ValueError):
     """A control line that is malformed or unknown; the message says what was expected."""
-
-
-class Action(enum.Enum):
-    """What the control session does after sending a command's reply."""
-
-    REPLY = "reply"
-    QUIT = "quit"  # close this session
-    SHUTDOWN = "shutdown"  # call IProxyControl.shutdown()
 
 
 # --- value converters: str -> value, ValueError with a short message on bad input -----------
@@ -63,22 +90,7 @@ def _choice(what: str, words: Sequence[str]) -> Callable[[str], int]:
 
 
 def _size(minimum: int) -> Callable[[str], int]:
-    def convert(text: str) -> int:
-        value = parse_size(text)  # its message: bad size '12Q': expected a number with ...
-        if value < minimum:
-            raise ValueError(f"bad size {text!r}: must be at least {minimum} bytes")
-        return value
-
-    return convert
-
-
-def _rate(text: str) -> int:
-    """Bytes per second: a size with an optional ``/s`` (``10M``, ``10M/s``); 0 = unlimited."""
-    body = text[:-2] if text.lower().endswith("/s") else text
-    try:
-        return parse_size(body)
-    except ValueError:
-        raise ValueError(f"bad rate {text!r}: expected bytes/s with an optional k/M/G suffix") from None
+    return functools.partial(parse_size, minimum=minimum)
 
 
 def _compression(text: str) -> int:
@@ -135,7 +147,7 @@ OPTIONS: Mapping[str, OptionSpec] = {
                    "accepted for drbdadm, no effect: each read from DRBD takes up to 512 KiB"),
         OptionSpec("compression", "on|off|N", _compression, "live at the next chunk",
                    "compress the link (0/off = no)"),
-        OptionSpec("bwlimit", "RATE", _rate, "live",
+        OptionSpec("bwlimit", "RATE", parse_rate, "live",
                    "link bandwidth limit, bytes/s with k/M/G (0 = none)"),
         OptionSpec("sndbuf-size", "SIZE", _size(0), "on reconnect",
                    "link socket send buffer (0 = auto)"),
@@ -149,174 +161,10 @@ OPTIONS: Mapping[str, OptionSpec] = {
 }
 
 
-# --- command objects ----------------------------------------------------------------------
-
-
-class Command:
-    """A parsed control command.
-
-    ``mutates`` commands return optional warnings from :meth:`call`; the others return the data
-    lines of the reply. Either may come as a Deferred when the implementation is asynchronous.
-    """
-
-    mutates: ClassVar[bool] = False
-    action: ClassVar[Action] = Action.REPLY
-
-    @property
-    def warnings(self) -> tuple[str, ...]:
-        """Warnings found while parsing, sent with the reply."""
-        return ()
-
-    def call(self, control: IProxyControl) -> Any:
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class AddConnection(Command):
-    mutates = True
-    spec: ConnectionSpec
-    parse_warnings: tuple[str, ...] = ()
-
-    @property
-    def warnings(self) -> tuple[str, ...]:
-        return self.parse_warnings
-
-    def call(self, control: IProxyControl) -> Any:
-        return control.add_connection(self.spec)
-
-
-@dataclass(frozen=True)
-class DelConnection(Command):
-    mutates = True
-    name: str
-
-    def call(self, control: IProxyControl) -> Any:
-        return control.del_connection(self.name)
-
-
-@dataclass(frozen=True)
-class SetMemlimit(Command):
-    mutates = True
-    name: str
-    size: int
-
-    def call(self, control: IProxyControl) -> Any:
-        return control.set_memlimit(self.name, self.size)
-
-
-@dataclass(frozen=True)
-class SetOption(Command):
-    """``set OPTION NAME VALUE`` for every option of :data:`OPTIONS` but memlimit."""
-
-    mutates = True
-    name: str
-    option: str
-    value: int
-
-    def call(self, control: IProxyControl) -> Any:
-        return control.set_option(self.name, self.option, self.value)
-
-
-@dataclass(frozen=True)
-class SetPlugin(Command):
-    """``set plugin NAME IDX WORDS...``; ``words`` is None for ``END`` (truncate at ``index``)."""
-
-    mutates = True
-    name: str
-    index: int
-    words: tuple[str, ...] | None
-
-    def call(self, control: IProxyControl) -> Any:
-        return control.set_plugin(self.name, self.index, None if self.words is None else list(self.words))
-
-
-@dataclass(frozen=True)
-class SetLoglevel(Command):
-    mutates = True
-    level: str
-
-    def call(self, control: IProxyControl) -> Any:
-        return control.set_loglevel(self.level)
-
-
-@dataclass(frozen=True)
-class Show(Command):
-    def call(self, control: IProxyControl) -> Any:
-        return control.show()
-
-
-@dataclass(frozen=True)
-class ShowProxySettings(Command):
-    name: str
-
-    def call(self, control: IProxyControl) -> Any:
-        return control.proxy_settings(self.name)
-
-
-@dataclass(frozen=True)
-class ShowMemusage(Command):
-    human: bool = False
-
-    def call(self, control: IProxyControl) -> Any:
-        return control.memusage(self.human)
-
-
-@dataclass(frozen=True)
-class ShowVersion(Command):
-    def call(self, control: IProxyControl) -> Any:
-        return control.version()
-
-
-@dataclass(frozen=True)
-class ListConnections(Command):
-    human: bool = False
-
-    def call(self, control: IProxyControl) -> Any:
-        return control.connections(self.human)
-
-
-@dataclass(frozen=True)
-class ListSubconnections(Command):
-    human: bool = False
-
-    def call(self, control: IProxyControl) -> Any:
-        return control.subconnections(self.human)
-
-
-@dataclass(frozen=True)
-class ListDetails(Command):
-    def call(self, control: IProxyControl) -> Any:
-        return control.details()
-
-
-@dataclass(frozen=True)
-class PrintStatistics(Command):
-    def call(self, control: IProxyControl) -> Any:
-        return control.statistics()
-
-
 @dataclass(frozen=True)
 class Help(Command):
     def call(self, control: IProxyControl) -> Any:
         return help_lines()
-
-
-@dataclass(frozen=True)
-class Quit(Command):
-    action = Action.QUIT
-
-    def call(self, control: IProxyControl) -> Any:
-        return None
-
-
-@dataclass(frozen=True)
-class Shutdown(Command):
-    """Replied to first; the session then calls ``IProxyControl.shutdown()``."""
-
-    action = Action.SHUTDOWN
-
-    def call(self, control: IProxyControl) -> Any:
-        return None
 
 
 # --- the table ----------------------------------------------------------------------------
@@ -345,6 +193,8 @@ class Entry:
     description: str
     tail: Tail | None = None
     title: str = ""  # how help shows the keywords; default: the first spelling
+    #: A read-side command: ``-j``/``--json`` after its keywords asks for a JSON document.
+    json: bool = False
 
     @property
     def syntax(self) -> str:
@@ -354,7 +204,8 @@ class Entry:
 
     @property
     def usage(self) -> str:
-        return " ".join(filter(None, (self.title or self.spellings[0], self.syntax)))
+        flag = "[-j]" if self.json else ""
+        return " ".join(filter(None, (self.title or self.spellings[0], self.syntax, flag)))
 
 
 def _add_options(words: list[str]) -> tuple[dict[str, int], tuple[str, ...]]:
@@ -421,23 +272,30 @@ TABLE: tuple[Entry, ...] = (
           tail=Tail("WORDS...|END", _plugin_words, minimum=1)),
     Entry(("set loglevel",), (Param("LEVEL", _loglevel),), SetLoglevel,
           f"daemon log level: {' '.join(LOG_LEVELS)} (applies live)"),
-    Entry(("show",), (), Show, "configured connections"),
+    Entry(("show",), (), Show, "configured connections", json=True),
     Entry(("show proxy-settings",), (_NAME,), ShowProxySettings,
-          "the connection's drbd.conf proxy { } block (for drbdadm adjust)"),
-    Entry(("show memusage",), (), ShowMemusage, "per connection: buffered bytes, memlimit, peak"),
-    Entry(("show hmemusage",), (), lambda: ShowMemusage(True), "show memusage, human-readable sizes"),
-    Entry(("show version",), (), ShowVersion, "daemon version"),
+          "the connection's drbd.conf proxy { } block (for drbdadm adjust)", json=True),
+    Entry(("show memusage",), (), ShowMemusage,
+          "per connection: buffered bytes, memlimit, peak, drain time, congestion-fill advice",
+          json=True),
+    Entry(("show hmemusage",), (), lambda: ShowMemusage(True), "show memusage, human-readable sizes",
+          json=True),
+    Entry(("show version",), (), ShowVersion, "daemon version", json=True),
     Entry(("list connections", "show connections"), (), ListConnections,
-          "configured connections and their state", title="list|show connections"),
+          "configured connections: Status, buffer, rates, ratio (tab-separated, header first)",
+          title="list|show connections", json=True),
     Entry(("list hconnections", "show hconnections"), (), lambda: ListConnections(True),
-          "the same, human-readable sizes", title="list|show hconnections"),
+          "the same, aligned, human-readable sizes", title="list|show hconnections", json=True),
     Entry(("list subconnections", "show subconnections"), (), ListSubconnections,
-          "established DRBD sockets: bytes, rates, compression ratio", title="list|show subconnections"),
+          "established DRBD sockets: bytes, rates, compression ratio (tab-separated)",
+          title="list|show subconnections", json=True),
     Entry(("list hsubconnections", "show hsubconnections"), (), lambda: ListSubconnections(True),
-          "the same, human-readable sizes", title="list|show hsubconnections"),
-    Entry(("list details", "show details"), (), ListDetails,
-          "per DRBD socket, counters for each DRBD packet type", title="list|show details"),
-    Entry(("print statistics",), (), PrintStatistics, "all counters, one 'key value' per line"),
+          "the same, aligned, human-readable sizes", title="list|show hsubconnections", json=True),
+    Entry(("list details", "show details", "print details"), (), ListDetails,
+          "per DRBD socket, counters for each DRBD packet type", title="list|show|print details",
+          json=True),
+    Entry(("print statistics",), (), PrintStatistics, "all counters, one 'key value' per line",
+          json=True),
     Entry(("help",), (), Help, "this list (keywords are case-insensitive)"),
     Entry(("quit",), (), Quit, "close this control session"),
     Entry(("shutdown",), (), Shutdown, "stop the daemon, closing every DRBD connection"),
@@ -484,8 +342,16 @@ def parse_command(line: str) -> Command:
     raise CommandError(f"unknown command {words[0]!r} (try help)")
 
 
+JSON_FLAGS = ("-j", "--json")
+
+
 def _apply(entry: Entry, keys: tuple[str, ...], args: list[str]) -> Command:
     spelled = " ".join(keys)
+    as_json = any(a.lower() in JSON_FLAGS for a in args)
+    if as_json:
+        if not entry.json:
+            raise CommandError(f"{spelled}: -j/--json is for the show, list and print commands")
+        args = [a for a in args if a.lower() not in JSON_FLAGS]
     fixed = len(entry.params)
     if entry.tail is None and len(args) > fixed:
         if keys in _CHILDREN and not fixed:
@@ -504,11 +370,22 @@ def _apply(entry: Entry, keys: tuple[str, ...], args: list[str]) -> Command:
             values.append(entry.tail.convert(args[fixed:]))
     except ValueError as e:
         raise CommandError(f"{spelled}: {e}") from None
-    return entry.build(*values)
+    command = entry.build(*values)
+    # Every entry marked json builds a dataclass with an as_json field.
+    return dataclasses.replace(cast(Any, command), as_json=True) if as_json else command
 
 
 def help_lines() -> list[str]:
     """The ``help`` reply: one line per command of :data:`TABLE`, with its description."""
     width = 34
-    return [f"{e.usage:<{width}} {e.description}" if len(e.usage) <= width else f"{e.usage}  {e.description}"
-            for e in TABLE]
+    lines = [f"{e.usage:<{width}} {e.description}" if len(e.usage) <= width
+             else f"{e.usage}  {e.description}" for e in TABLE]
+    return lines + [
+        "",
+        f"defaults: memlimit {format_drbd_size(DEFAULT_MEMLIMIT)}, compression lz4 (until plugins"
+        " or compression are set; off: set compression NAME off), bwlimit 0 (none),"
+        f" ping-timeout {DEFAULT_PING_TIMEOUT} ({DEFAULT_PING_TIMEOUT / 10:g} s),"
+        f" link-cc {LINK_CC[DEFAULT_LINK_CC]}, sndbuf-size and rcvbuf-size 0 (the kernel's)",
+        "sizes: a number of bytes with an optional k, M, G or T suffix (binary; s = 512 bytes)",
+        "-j or --json after a show, list or print command: one JSON document instead of text",
+    ]

@@ -36,6 +36,8 @@ Send commands to the drbd-proxy daemon over its control socket and print the rep
                          With any -c, every other argument is one more command too
                          (drbdadm 9.22 passes its last "set plugin NAME N END" that way).
   WORDS...               without -c, the words form one command: {PROG} show memusage
+  watch [NAME]           a live full-screen view of each connection (state, buffer, rates,
+                         ratio, drain time, congestion-fill advice), every second; q quits
   -s, --socket SOCKET    the daemon's control socket: a UNIX socket path, unix:PATH, or
                          tcp:HOST:PORT; default ${SOCKET_ENV}, else {DEFAULT_SOCKET}
   -h, --help             show this help and exit
@@ -328,6 +330,11 @@ def run(argv: Sequence[str], stdin: TextIO | None = None, out: TextIO | None = N
             out.write(HELP)
             return EXIT_OK
         _address(options.target)
+        if len(options.commands) == 1 and options.commands[0].split()[0].lower() == "watch":
+            from drbdproxy.control.watch import watch  # curses, only for the live view
+
+            target = options.target
+            return watch(lambda: Session(target, TIMEOUT), target, options.commands[0].split()[1:], err)
         if options.commands:
             return run_commands(options.target, options.commands, out, err)
         return shell(options.target, stdin, out, err)

@@ -7,6 +7,8 @@ Conventions for every method:
 - Mutating methods (``add_connection`` ... ``set_loglevel``) return ``None`` or an iterable of
   warning messages (each sent to the client as a ``%warn`` line before ``%ok``).
 - Read-side methods return an iterable of text lines (the reply's data lines, without line ends).
+  With ``as_json`` (the command's ``-j``/``--json``) they return one line instead: a JSON
+  document, whose schema ``docs/control-protocol.md`` describes.
 - Any method may instead return a ``Deferred`` that fires with that value; the session answers
   when it fires and reads no further command from that client meanwhile.
 - A request the implementation refuses (unknown connection name, name already in use, port in
@@ -68,10 +70,10 @@ class IProxyControl(Interface):
     def set_loglevel(level: str) -> Warnings:
         """Set the daemon's log level: one of debug, info, warn, error, critical."""
 
-    def show() -> Lines:
+    def show(as_json: bool = False) -> Lines:
         """The configured connections."""
 
-    def proxy_settings(name: str) -> Lines:
+    def proxy_settings(name: str, as_json: bool = False) -> Lines:
         """NAME's settings as the drbd.conf block ``drbdadm adjust`` parses::
 
             proxy {
@@ -84,22 +86,25 @@ class IProxyControl(Interface):
         :raises ControlError: no connection NAME.
         """
 
-    def memusage(human: bool) -> Lines:
-        """Per connection: buffered bytes, memlimit, peak; ``human``: sizes as 1.5M."""
+    def memusage(human: bool, as_json: bool = False) -> Lines:
+        """Per connection: buffered bytes, memlimit, peak, drain time, congestion-fill advice;
+        ``human``: sizes as 1.5M."""
 
-    def connections(human: bool) -> Lines:
-        """Configured connections and their state (Connecting, ProxyConnected, Connected)."""
+    def connections(human: bool, as_json: bool = False) -> Lines:
+        """Configured connections: a header, then one tab-separated row each with its Status
+        (Connecting, ProxyConnected, Connected), buffer and rates; ``human``: aligned, sizes as 1.5M."""
 
-    def subconnections(human: bool) -> Lines:
-        """Established DRBD sockets with byte counters, rates and compression ratio."""
+    def subconnections(human: bool, as_json: bool = False) -> Lines:
+        """Established DRBD sockets: a header, then one tab-separated row each with byte counters,
+        rates and compression ratios; ``human``: aligned, sizes as 1.5M."""
 
-    def details() -> Lines:
+    def details(as_json: bool = False) -> Lines:
         """Per DRBD socket, counters for each DRBD packet type."""
 
-    def statistics() -> Lines:
+    def statistics(as_json: bool = False) -> Lines:
         """All counters, one ``key value`` per line, with stable dotted keys (SPEC 3.4)."""
 
-    def version() -> Lines:
+    def version(as_json: bool = False) -> Lines:
         """The daemon's version."""
 
     def shutdown() -> None:

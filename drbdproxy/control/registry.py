@@ -21,28 +21,19 @@ from drbdproxy.admin.logs import logger
 from drbdproxy.runtime.malloc import HeapTrimmer, resident_bytes, trim_heap
 from drbdproxy.relay.encoder import ChunkEncoder
 from drbdproxy.relay.tls import TlsConfig
-from drbdproxy.units import format_address, format_size
+from drbdproxy.units import format_address, format_drbd_size, format_size
 from drbdproxy.relay.workers import Workers
+from drbdproxy.control import views
+from drbdproxy.control.rates import RATE_INTERVAL, RateMeter, compression_ratio
 
 #: Seconds between looks at whether drained buffers should go back to the kernel.
 TRIM_INTERVAL = 2.0
 
 
 
-#: DRBD's defaults: ko-count 7 x timeout 6 s. A peer slower than this to ack is declared dead.
-KO_SECONDS = 42
-
-
-def _ratio(raw: int, wire: int) -> str:
-    return f"{raw / wire:.2f}" if wire else "-"
-
-
-def drbd_size(n: int) -> str:
-    """A size as drbd.conf writes it: ``128M`` when exact, else bytes."""
-    for suffix, unit in (("G", 1 << 30), ("M", 1 << 20), ("k", 1 << 10)):
-        if n and n % unit == 0:
-            return f"{n // unit}{suffix}"
-    return str(n)
+def physical_memory() -> int:
+    """Bytes of RAM this host has."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 @implementer(IProxyControl)
@@ -52,8 +43,11 @@ class ConnectionRegistry(MultiService):
     _log = logger()
 
     def __init__(self, reactor: Any, meta_first: bool = True, tls: TlsConfig | None = None,
-                 link_secret: bytes | None = None, link_allow: tuple[Network, ...] = ()) -> None:
+                 link_secret: bytes | None = None, link_allow: tuple[Network, ...] = (),
+                 memory: int | None = None) -> None:
         super().__init__()
+        #: A memlimit above this is refused: the buffer could never be held.
+        self._memory = physical_memory() if memory is None else memory
         self._reactor = reactor
         self._link_allow = link_allow
         self._meta_first = meta_first
@@ -66,10 +60,15 @@ class ConnectionRegistry(MultiService):
         self._trimmer = HeapTrimmer()
         self._trim_loop = LoopingCall(self._maybeTrimHeap)
         self._trim_loop.clock = reactor
+        # Rates are measured here, from the snapshots, once a second.
+        self.rates = RateMeter()
+        self._rate_loop = LoopingCall(self._sampleRates)
+        self._rate_loop.clock = reactor
 
     def startService(self) -> None:
         self._pool.start()
         self._trim_loop.start(TRIM_INTERVAL, now=False)
+        self._rate_loop.start(RATE_INTERVAL, now=True)
         super().startService()
 
     def _maybeTrimHeap(self) -> None:
@@ -80,9 +79,17 @@ class ConnectionRegistry(MultiService):
             self._log.debug("free heap given back to the kernel: resident {resident} bytes,"
                             " {held} held", resident=resident, held=held)
 
+    def _sampleRates(self) -> None:
+        try:
+            self.rates.sample(self._reactor.seconds(), self.status())
+        except Exception:
+            # One bad snapshot must not stop the rates for good (a LoopingCall that raises stops).
+            self._log.failure("rates not measured this time")
+
     def stopService(self) -> Any:
-        if self._trim_loop.running:
-            self._trim_loop.stop()
+        for loop in (self._trim_loop, self._rate_loop):
+            if loop.running:
+                loop.stop()
         d = super().stopService()
 
         def stopPool(result: object) -> object:
@@ -107,6 +114,8 @@ class ConnectionRegistry(MultiService):
     def add_connection(self, spec: ConnectionSpec) -> Optional[Iterable[str]]:
         if spec.name in self.namedServices:
             raise ControlError(f"connection {spec.name!r} already exists")
+        if "memlimit" in spec.options:
+            self._checkMemlimit(spec.options["memlimit"])
         # The inside port is shared with our own connects to DRBD (SO_REUSEPORT), so the kernel
         # would let two connections listen on it: refuse that here.
         for other in self.connections_by_name:
@@ -143,8 +152,15 @@ class ConnectionRegistry(MultiService):
     def set_memlimit(self, name: str, size: int) -> Optional[Iterable[str]]:
         return self.set_option(name, "memlimit", size)
 
+    def _checkMemlimit(self, size: int) -> None:
+        if size > self._memory:
+            raise ControlError(f"memlimit {format_size(size)} is more than this host's"
+                               f" {format_size(self._memory)} of physical memory")
+
     def set_option(self, name: str, option: str, value: int) -> Optional[Iterable[str]]:
         conn = self.connection(name)
+        if option == "memlimit":
+            self._checkMemlimit(value)
         try:
             conn.settings.apply(option, value)
         except PluginError as e:
@@ -180,27 +196,27 @@ class ConnectionRegistry(MultiService):
         return None
 
     # -- read-side commands ----------------------------------------------------------------------
-    def show(self) -> Iterable[str]:
-        for c in self.connections_by_name:
-            s = c.spec
-            yield (
-                f"{c.name}: inside {format_address(*s.listen_inside)}"
-                f" peer-outside {format_address(*s.connect_peer_outside)}"
-                f" outside {format_address(*s.listen_outside)}"
-                f" drbd {format_address(*s.connect_drbd)}"
-            )
+    def show(self, as_json: bool = False) -> Iterable[str]:
+        if as_json:
+            return views.connections_json(self.status(), self.rates)
+        return views.show_lines(self.status())
 
-    def proxy_settings(self, name: str) -> Iterable[str]:
+    def proxy_settings(self, name: str, as_json: bool = False) -> Iterable[str]:
         conn = self.connection(name)
-        lines = ["proxy {", f"    memlimit {drbd_size(conn.settings.memlimit)};"]
-        for option, value in sorted(conn.settings.options.items()):
+        settings = conn.settings
+        if as_json:
+            return views.document(name=name, memlimit=settings.memlimit,
+                                  options=dict(sorted(settings.options.items())),
+                                  plugins=[p.render() for p in settings.plugins])
+        lines = ["proxy {", f"    memlimit {format_drbd_size(settings.memlimit)};"]
+        for option, value in sorted(settings.options.items()):
             # drbdadm 9 cannot parse `compression on;` here, and adjust never compares it;
             # link-cc is ours, not drbd.conf's.
             if option not in ("compression", "link-cc"):
                 lines.append(f"    {option} {value};")
-        if conn.settings.plugins:
+        if settings.plugins:
             lines.append("    plugin {")
-            lines += [f"        {p.render()};" for p in conn.settings.plugins]
+            lines += [f"        {p.render()};" for p in settings.plugins]
             lines.append("    }")
         lines.append("}")
         return lines
@@ -209,50 +225,31 @@ class ConnectionRegistry(MultiService):
         """Every connection as it is now, by name: what every view renders."""
         return [c.status() for c in self.connections_by_name]
 
-    def memusage(self, human: bool) -> Iterable[str]:
-        size = format_size if human else str
-        for c in self.status():
-            reads = "paused" if c.reads_paused else "running"
-            drain = c.drain_seconds
-            drain_text = f"{drain:.1f}s" if drain is not None else "unknown"
-            # LINBIT's advice: DRBD's congestion-fill at 90 % of the proxy's buffer.
-            yield (f"{c.name}: buffered {size(c.buffered)} memlimit {size(c.memlimit)}"
-                   f" peak {size(c.buffered_peak)} drbd-reads {reads} drain-time {drain_text}"
-                   f" congestion-fill {size(c.memlimit * 9 // 10)}")
-            if drain is not None and drain > KO_SECONDS:
-                yield (f"{c.name}: warning: draining the buffer takes {drain:.0f}s, more than"
-                       f" DRBD's default ko-count x timeout ({KO_SECONDS}s): DRBD may drop"
-                       " the connection; lower memlimit or use on-congestion pull-ahead")
-            if c.out_of_sync:
-                yield (f"{c.name}: DRBD pulled ahead: {c.out_of_sync} P_OUT_OF_SYNC sent"
-                       " (Ahead/Behind); a resync follows when the buffer drains")
+    def memusage(self, human: bool, as_json: bool = False) -> Iterable[str]:
+        if as_json:
+            return views.connections_json(self.status(), self.rates)
+        return views.memusage_lines(self.status(), human)
 
-    def connections(self, human: bool) -> Iterable[str]:
-        for c in self.status():
-            rtt = f" link-rtt {c.link_rtt_ms:.1f}ms" if c.link_rtt_ms is not None else ""
-            yield f"{c.name}: {c.state} reconnects {c.reconnects}{rtt}"
+    def connections(self, human: bool, as_json: bool = False) -> Iterable[str]:
+        if as_json:
+            return views.connections_json(self.status(), self.rates)
+        return views.connections_table(self.status(), self.rates, human)
 
-    def subconnections(self, human: bool) -> Iterable[str]:
-        size = format_size if human else str
-        for c in self.status():
-            for s in c.streams:
-                yield (f"{c.name} {s.kind} stream {s.sid} drbd {s.peer}:"
-                       f" to-peer {size(s.to_peer)} (wire {size(s.to_peer_wire)},"
-                       f" ratio {_ratio(s.to_peer, s.to_peer_wire)})"
-                       f" from-peer {size(s.from_peer)} (wire {size(s.from_peer_wire)},"
-                       f" ratio {_ratio(s.from_peer, s.from_peer_wire)})")
+    def subconnections(self, human: bool, as_json: bool = False) -> Iterable[str]:
+        if as_json:
+            return views.subconnections_json(self.status(), self.rates)
+        return views.subconnections_table(self.status(), self.rates, human)
 
-    def details(self) -> Iterable[str]:
-        for c in self.status():
-            for s in c.streams:
-                opaque = f" opaque: {s.opaque}" if s.opaque else ""
-                yield f"{c.name} {s.kind} stream {s.sid} drbd {s.peer}{opaque}"
-                for label, counts in (("to-peer", s.packets_to_peer),
-                                      ("from-peer", s.packets_from_peer)):
-                    text = " ".join(f"{n} {k}" for n, k in sorted(counts.items()))
-                    yield f"  {label:9} {text or '-'}"
+    def details(self, as_json: bool = False) -> Iterable[str]:
+        if as_json:
+            return views.details_json(self.status())
+        return views.details_lines(self.status())
 
-    def statistics(self) -> Iterable[str]:
+    def statistics(self, as_json: bool = False) -> Iterable[str]:
+        lines = list(self._statistics())
+        return views.statistics_json(lines) if as_json else lines
+
+    def _statistics(self) -> Iterable[str]:
         for c in self.status():
             yield f"{c.name}.state {c.state}"
             yield f"{c.name}.memlimit {c.memlimit}"
@@ -267,6 +264,12 @@ class ConnectionRegistry(MultiService):
             yield f"{c.name}.link_rate_bytes_per_s {rate}"
             drain = f"{c.drain_seconds:.3f}" if c.drain_seconds is not None else "-"
             yield f"{c.name}.drain_seconds {drain}"
+            rates = self.rates.connection(c.name)
+            for key, value in (("to_peer", rates.to_peer), ("from_peer", rates.from_peer)):
+                yield f"{c.name}.{key}_bytes_per_s {'-' if value is None else f'{value:.0f}'}"
+            ratio = compression_ratio(c)
+            yield f"{c.name}.compression_ratio {'-' if ratio is None else f'{ratio:.3f}'}"
+            yield f"{c.name}.congestion_fill {views.congestion_fill(c.memlimit, ratio)}"
             yield f"{c.name}.out_of_sync {c.out_of_sync}"
             yield f"{c.name}.reconnects {c.reconnects}"
             yield f"{c.name}.dropped_after_close_bytes {c.dropped_after_close}"
@@ -282,7 +285,9 @@ class ConnectionRegistry(MultiService):
             for (kind, direction, name), count in sorted(c.packets.items()):
                 yield f"{c.name}.{kind}.{direction}.packets.{name} {count}"
 
-    def version(self) -> Iterable[str]:
+    def version(self, as_json: bool = False) -> Iterable[str]:
+        if as_json:
+            return views.document(version=__version__)
         return [f"drbdproxy {__version__}"]
 
     def shutdown(self) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from drbdproxy.runtime.collector import tune_gc
 from drbdproxy.drbd.payloads import WireProtocol
 from drbdproxy.runtime.malloc import tune_malloc
-from drbdproxy.units import parse_address, parse_size
+from drbdproxy.units import parse_address, parse_rate, parse_size
 from drbdproxy.sim.config import SimConfig
 from drbdproxy.sim.workload import MAX_BLOCK, STAMP, WORKLOADS
 
@@ -38,18 +38,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _arg(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A drbdproxy.units parser for argparse, which shows only an ArgumentTypeError's message."""
+    def argument(text: str) -> Any:
+        try:
+            return convert(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return argument
 
 
-def _address(text: str) -> tuple[str, int]:
-    try:
-        return parse_address(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+_size, _address = _arg(parse_size), _arg(parse_address)
 
 
 def _positive(kind: type) -> Any:
@@ -95,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
       help=f"bytes per write, a multiple of 512 from 512 to {MAX_BLOCK >> 10}k (default 64k)")
     a("--epoch", type=_positive(int), default=2048, metavar="WRITES",
       help="writes per epoch before a P_BARRIER (DRBD's max-epoch-size, default 2048)")
-    a("--rate", type=_size, default=None, metavar="BYTES/S",
-      help="cap the primary's write rate, k/M/G suffixes (default: as fast as it can)")
+    a("--rate", type=_arg(parse_rate), default=None, metavar="BYTES/S",
+      help="cap the primary's write rate, k/M/G suffixes, optional /s (default: as fast as it can)")
     a("--iodepth", type=int, default=0, metavar="N",
       help="protocols B/C: at most N writes waiting for their ack (default 0: no limit)")
     a("--ping-int", type=_positive(float), default=1.0, metavar="S",
