@@ -162,6 +162,76 @@ def test_make_service_only_wires(monkeypatch):
     assert calls == ["malloc", "gc"]
 
 
+def test_make_service_binds_nothing_and_privileged_start_binds_every_endpoint(tmp_path, monkeypatch):
+    """makeService listens nowhere and creates no socket directory; privilegedStartService binds
+    the control socket, the metrics port and the manhole port (before twistd sheds root)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from twisted.conch.ssh.keys import Key
+
+    keys = tmp_path / "keys" / "authorized_keys"
+    keys.parent.mkdir(mode=0o700)
+    keys.write_bytes(Key(Ed25519PrivateKey.generate()).public().toString("openssh") + b"\n")
+    keys.chmod(0o600)
+    reactor = MemoryReactorClock()
+    monkeypatch.setattr(tap, "tune_gc", lambda reactor: None)
+    monkeypatch.setattr(tap, "tune_malloc", lambda: None)
+    control = tmp_path / "run" / "c.sock"
+    top = tap.makeService(parse("--control", f"unix:{control}", "--metrics", "tcp:9942",
+                                "--manhole", "tcp:6022", "--manhole-keys", str(keys)),
+                          reactor=reactor)
+    assert (reactor.tcpServers, reactor.unixServers) == ([], [])
+    assert not control.parent.exists()
+    top.privilegedStartService()
+    assert [s[0] for s in reactor.unixServers] == [str(control)]
+    assert sorted(s[0] for s in reactor.tcpServers) == [6022, 9942]
+    assert control.parent.is_dir()
+
+
+def test_version_prints_drbdproxy_version(capsys):
+    """`twistd drbd-proxy --version` prints drbdproxy's version (not Twisted's) and exits 0."""
+    import drbdproxy
+
+    with pytest.raises(SystemExit) as info:
+        parse("--version")
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"drbdproxy {drbdproxy.__version__}\n"
+
+
+@pytest.mark.parametrize("endpoint", ["foo:bar", "tcp:notaport", "tcp:7000:colour=blue"])
+def test_a_bad_control_endpoint_is_one_line_at_option_time(endpoint):
+    """An endpoint string the reactor cannot parse stops start-up with one line naming it."""
+    with pytest.raises(SystemExit, match="drbd-proxy: bad control endpoint") as info:
+        parse("--control", endpoint)
+    assert "\n" not in str(info.value.code)
+
+
+def test_a_systemd_control_endpoint_without_a_passed_socket_is_refused(monkeypatch):
+    """`--control systemd:...` outside socket activation says systemd passed no socket."""
+    monkeypatch.delenv("LISTEN_FDS", raising=False)
+    with pytest.raises(SystemExit, match="systemd passed no socket"):
+        parse("--control", "systemd:domain=UNIX:index=0")
+
+
+def test_the_socket_systemd_passes_is_the_default_control(monkeypatch):
+    """Started by drbd-proxy.socket (LISTEN_FDS for this process), the daemon takes that socket."""
+    monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
+    monkeypatch.setenv("LISTEN_FDS", "1")
+    monkeypatch.setattr(tap, "check_endpoint", lambda what, description: description)
+    assert parse()["control"] == "systemd:domain=UNIX:index=0"
+
+
+def test_a_node_missing_from_drbd_conf_names_the_hosts_it_has(tmp_path):
+    """--node that is no host of the file stops start-up with one line listing the file's hosts,
+    as drbdadm says "Misspelled name" for a host name missing from drbd.conf."""
+    conf = drbd_conf(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        parse("--drbd-conf", conf, "--node", "carol")
+    message = str(info.value.code)
+    assert message == (f"drbd-proxy: --drbd-conf: no host 'carol' in {conf} (its hosts: alice, bob);"
+                       " misspelled --node or host name?")
+    assert parse("--drbd-conf", conf, "--node", "ALICE.example.com")["node"] == "ALICE.example.com"
+
+
 def test_twistd_finds_the_plugin_by_its_name():
     """twistd discovers `drbd-proxy` through Twisted's plugin system, and the plugin names the
     module that builds the service (imported only when it is used)."""
