@@ -36,10 +36,10 @@ class StartupError(SystemExit):
         super().__init__(f"drbd-proxy: {message}")
 
 
-def systemd_passed_sockets(environ: dict[str, str] | None = None) -> bool:
-    """systemd passed this process listening sockets (sd_listen_fds): socket activation."""
-    env = os.environ if environ is None else environ
-    return env.get("LISTEN_PID") == str(os.getpid()) and env.get("LISTEN_FDS", "0") not in ("", "0")
+def systemd_passed_sockets() -> bool:
+    """systemd passed this process listening sockets (socket activation), as Twisted's systemd
+    endpoint sees them: it takes LISTEN_FDS out of the environment as it is imported."""
+    return bool(endpoints._SystemdParser._sddaemon.inheritedDescriptors())
 
 
 def check_endpoint(what: str, description: str, reactor: Any = None) -> str:

@@ -105,13 +105,16 @@ def test_ready_is_told_to_systemd(tmp_path):
     startup.notify_ready({})  # not under systemd: nothing to do
 
 
-def test_socket_activation_is_seen_only_for_this_process():
-    """LISTEN_FDS counts only when LISTEN_PID names this process (sd_listen_fds' rule)."""
-    import os
+def test_socket_activation_is_what_twisted_systemd_endpoint_inherited(monkeypatch):
+    """Sockets count as passed by systemd when Twisted's systemd endpoint holds them (it reads
+    LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES once, as it is imported)."""
+    from twisted.internet import endpoints
+    from twisted.python.systemd import ListenFDs
 
-    assert startup.systemd_passed_sockets({"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "1"})
-    assert not startup.systemd_passed_sockets({"LISTEN_PID": "1", "LISTEN_FDS": "1"})
-    assert not startup.systemd_passed_sockets({})
+    monkeypatch.setattr(endpoints._SystemdParser, "_sddaemon", ListenFDs([3], ("ctl",)))
+    assert startup.systemd_passed_sockets()
+    monkeypatch.setattr(endpoints._SystemdParser, "_sddaemon", ListenFDs([], ()))
+    assert not startup.systemd_passed_sockets()
 
 
 def test_the_launcher_splits_twistd_options_from_the_daemons():

@@ -207,17 +207,20 @@ def test_a_bad_control_endpoint_is_one_line_at_option_time(endpoint):
 
 def test_a_systemd_control_endpoint_without_a_passed_socket_is_refused(monkeypatch):
     """`--control systemd:...` outside socket activation says systemd passed no socket."""
-    monkeypatch.delenv("LISTEN_FDS", raising=False)
+    monkeypatch.setattr(tap, "systemd_passed_sockets", lambda: False)
+    monkeypatch.setattr("drbdproxy.startup.systemd_passed_sockets", lambda: False)
     with pytest.raises(SystemExit, match="systemd passed no socket"):
         parse("--control", "systemd:domain=UNIX:index=0")
 
 
 def test_the_socket_systemd_passes_is_the_default_control(monkeypatch):
-    """Started by drbd-proxy.socket (LISTEN_FDS for this process), the daemon takes that socket."""
-    monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
-    monkeypatch.setenv("LISTEN_FDS", "1")
+    """Started by drbd-proxy.socket (a socket passed), the daemon takes that socket by default;
+    without one, the unix socket of SPEC 3.2."""
+    monkeypatch.setattr(tap, "systemd_passed_sockets", lambda: True)
     monkeypatch.setattr(tap, "check_endpoint", lambda what, description: description)
     assert parse()["control"] == "systemd:domain=UNIX:index=0"
+    monkeypatch.setattr(tap, "systemd_passed_sockets", lambda: False)
+    assert parse()["control"] == DEFAULT_CONTROL
 
 
 def test_a_node_missing_from_drbd_conf_names_the_hosts_it_has(tmp_path):
