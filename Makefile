@@ -65,7 +65,7 @@ install:
 	$(TARGET)/bin/python -m pip install -q --no-compile --disable-pip-version-check $(PIP_INSTALL_OPTS) .
 	$(TARGET)/bin/python -c "from twisted.plugin import IPlugin, getPlugins; import twisted.plugins; list(getPlugins(IPlugin, twisted.plugins))"
 ifneq ($(DESTDIR),)
-	grep -rlI -F '$(TARGET)' $(TARGET)/bin $(TARGET)/pyvenv.cfg | xargs sed -i 's|$(TARGET)|$(PREFIX)|g'
+	grep -rlI -F '$(TARGET)' $(TARGET)/bin $(TARGET)/pyvenv.cfg | xargs -r sed -i 's|$(TARGET)|$(PREFIX)|g'
 	$(TARGET)/bin/python -m compileall -q -f -s '$(DESTDIR)' -p / $(TARGET)/lib
 else
 	$(TARGET)/bin/python -m compileall -q $(TARGET)/lib
