@@ -27,7 +27,7 @@ from drbdproxy.admin.metrics import check_endpoint as check_metrics_endpoint
 from drbdproxy.control.registry import ConnectionRegistry
 from drbdproxy.relay.tls import TlsConfig, TlsError
 from drbdproxy.startup import (SYSTEMD_CONTROL, ControlSocket, Guarded, StartupError,
-                               check_endpoint, notify_ready, systemd_passed_sockets)
+                               check_endpoint, fail, notify_ready, systemd_passed_sockets)
 
 DEFAULT_CONTROL = "unix:/run/drbd-proxy/drbd-proxy-ctl.socket:mode=600"
 
@@ -245,8 +245,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
                                   tls=config.get("tls"), link_secret=config.get("secret"),
                                   link_allow=config.get("link-networks", ()))
     registry.setServiceParent(top)
-    for connection in config.get("connections") or []:
-        _configure(registry, connection)
+    _DrbdConfConnections(registry, config.get("connections") or []).setServiceParent(top)
     # Every endpoint binds when the daemon starts, a failure being one line and exit status 1.
     ControlSocket(config["control"], ControlFactory(registry), reactor,
                   path=_unix_socket_path(config["control"]),
@@ -279,12 +278,32 @@ def _manhole_namespace(registry: ConnectionRegistry, reactor: Any) -> dict[str, 
     }
 
 
-def _configure(registry: ConnectionRegistry, connection: ProxyConnectionConfig) -> None:
-    """Add one connection from drbd.conf through the very commands drbdadm would send."""
-    if connection.name in registry.namedServices:
-        return  # drbdadm 9.22 can list one name twice (a dedicated proxy for two nodes)
-    for line in connection.to_ctl_commands():
-        try:
-            parse_command(line).call(registry)
-        except (CommandError, ControlError) as e:
-            raise StartupError(f"--drbd-conf: {connection.name}: {line}: {e}") from None
+class _DrbdConfConnections(Service):
+    """--drbd-conf's connections, added as the daemon starts (each binds its ports then) through
+    the very commands drbdadm would send; one that cannot be added stops start-up in one line."""
+
+    _log = logger()
+
+    def __init__(self, registry: ConnectionRegistry,
+                 connections: list[ProxyConnectionConfig]) -> None:
+        self._registry = registry
+        self._connections = connections
+        self._added = False
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self._added:
+            return
+        self._added = True
+        for connection in self._connections:
+            if connection.name in self._registry.namedServices:
+                continue  # drbdadm 9.22 can list one name twice (a dedicated proxy for two nodes)
+            for line in connection.to_ctl_commands():
+                try:
+                    parse_command(line).call(self._registry)
+                except (CommandError, ControlError) as e:
+                    fail(self._log, f"--drbd-conf: {connection.name}: {line}: {e}")
+
+    def startService(self) -> None:
+        super().startService()
+        self.privilegedStartService()  # started without it (tests, embedding): add them now

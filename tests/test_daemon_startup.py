@@ -136,3 +136,26 @@ def test_the_launcher_runs_the_daemon_in_the_foreground(tmp_path):
         # twistd ends by the signal it stopped for, as systemd expects of a clean SIGTERM stop.
         assert proc.wait(timeout=30) == -signal.SIGTERM
     assert not sock.exists()
+
+
+def test_a_drbd_conf_connection_on_a_port_in_use_is_one_line(tmp_path, taken_port):
+    """A --drbd-conf connection whose outside port is taken stops start-up with one line naming
+    the connection and the port, also when daemonized."""
+    ports = free_ports(4)
+    conf = tmp_path / "drbd.conf"
+    conf.write_text(f"""
+resource r0 {{
+  device minor 0; disk /dev/sdb1; meta-disk internal;
+  on alice {{ node-id 0; }}
+  on bob   {{ node-id 1; }}
+  connection {{
+    host alice address 127.0.0.1:{ports[0]} via proxy on alice {{ inside 127.0.0.1:{ports[1]}; outside 127.0.0.1:{taken_port}; }}
+    host bob   address 127.0.0.1:{ports[2]} via proxy on bob   {{ inside 127.0.0.1:{ports[3]}; outside 127.0.0.1:{ports[3] + 1}; }}
+  }}
+}}
+""")
+    out = start(f"--pidfile={tmp_path}/d.pid", f"--logfile={tmp_path}/d.log",
+                "--control", f"unix:{tmp_path}/c.sock", "--drbd-conf", str(conf), "--node", "alice")
+    line = one_line(out)
+    assert line.startswith("drbd-proxy: --drbd-conf: r0-bob-alice: add connection r0-bob-alice ")
+    assert f"127.0.0.1:{taken_port}" in line and "in use" in line

@@ -90,11 +90,18 @@ def build(monkeypatch, *argv: str):
     return tap.makeService(parse(*argv), reactor=MemoryReactorClock())
 
 
+def add_drbd_conf_connections(top) -> None:
+    """What the daemon does first as it starts: add --drbd-conf's connections (memory reactor)."""
+    [service] = [s for s in top if isinstance(s, tap._DrbdConfConnections)]
+    service.privilegedStartService()
+
+
 def warnings_at_start(monkeypatch, *argv: str) -> list[str]:
-    """The WARN lines logged while the daemon is built (--drbd-conf connections are added then)
-    and its start-up warnings are given (that service is started alone: nothing listens)."""
+    """The WARN lines logged while the daemon is built, adds its --drbd-conf connections and
+    gives its start-up warnings (those two services are started alone: nothing else listens)."""
     with capturedLogs() as events:
         top = build(monkeypatch, *argv)
+        add_drbd_conf_connections(top)
         [service] = [s for s in top if isinstance(s, tap._StartupWarnings)]
         service.startService()
     return [formatEvent(e) for e in events if e["log_level"] is LogLevel.warn]
@@ -130,6 +137,13 @@ def drbd_conf(tmp_path) -> str:
     return str(path)
 
 
+def parse_conf_ports(tmp_path) -> list[str]:
+    """The six ports drbd_conf wrote, in CONF's order."""
+    import re
+
+    return re.findall(r"127\.0\.0\.1:(\d+)", (tmp_path / "drbd.conf").read_text())
+
+
 def test_an_unauthenticated_drbd_conf_connection_is_warned_of_once(tmp_path, monkeypatch):
     """A --drbd-conf connection without --link-secret or TLS gets exactly one WARN line, naming
     it and the options that fix it (the registry's, as it adds the connection)."""
@@ -163,8 +177,9 @@ def test_make_service_only_wires(monkeypatch):
 
 
 def test_make_service_binds_nothing_and_privileged_start_binds_every_endpoint(tmp_path, monkeypatch):
-    """makeService listens nowhere and creates no socket directory; privilegedStartService binds
-    the control socket, the metrics port and the manhole port (before twistd sheds root)."""
+    """makeService listens nowhere, dials nowhere, schedules and starts nothing, and creates no
+    socket directory (even with --drbd-conf connections); privilegedStartService binds the control
+    socket, the metrics port and the manhole port (before twistd sheds root)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from twisted.conch.ssh.keys import Key
 
@@ -177,14 +192,20 @@ def test_make_service_binds_nothing_and_privileged_start_binds_every_endpoint(tm
     monkeypatch.setattr(tap, "tune_malloc", lambda: None)
     control = tmp_path / "run" / "c.sock"
     top = tap.makeService(parse("--control", f"unix:{control}", "--metrics", "tcp:9942",
-                                "--manhole", "tcp:6022", "--manhole-keys", str(keys)),
+                                "--manhole", "tcp:6022", "--manhole-keys", str(keys),
+                                "--drbd-conf", drbd_conf(tmp_path), "--node", "alice"),
                           reactor=reactor)
     assert (reactor.tcpServers, reactor.unixServers) == ([], [])
+    assert (reactor.tcpClients, reactor.getDelayedCalls()) == ([], [])
+    assert not top.running and not any(service.running for service in top)
     assert not control.parent.exists()
     top.privilegedStartService()
     assert [s[0] for s in reactor.unixServers] == [str(control)]
-    assert sorted(s[0] for s in reactor.tcpServers) == [6022, 9942]
+    outside = int(parse_conf_ports(tmp_path)[2])
+    assert sorted(s[0] for s in reactor.tcpServers) == sorted([6022, 9942, outside])
     assert control.parent.is_dir()
+    [registry] = [s for s in top if isinstance(s, tap.ConnectionRegistry)]
+    registry.connection("r0-bob-alice").unbind()
 
 
 def test_version_prints_drbdproxy_version(capsys):
@@ -252,6 +273,7 @@ def test_the_manhole_sees_the_snapshots_the_control_protocol_renders(tmp_path, m
     render, one per connection."""
     top = build(monkeypatch, "--control", f"unix:{tmp_path}/c.sock",
                 "--drbd-conf", drbd_conf(tmp_path), "--node", "alice")
+    add_drbd_conf_connections(top)
     [registry] = [s for s in top if isinstance(s, tap.ConnectionRegistry)]
     namespace = tap._manhole_namespace(registry, None)
     [status] = namespace["status"]()
