@@ -92,6 +92,9 @@ class _Runner(UnixApplicationRunner):
     loggerFactory = _Logger
 
     def _formatChildException(self, exception: BaseException) -> bytes:
+        # The waiting parent exits as soon as it reads this message: remove the pid file first.
+        self.removePID(self.config["pidfile"])
+        self.config["pidfile"] = ""
         if not isinstance(exception, StartupFailed):
             return bytes(super()._formatChildException(exception))
         return b"1 " + str(exception).encode("utf-8", "replace")[:_STATUS_MAX - 2]

@@ -128,12 +128,16 @@ def test_the_launcher_splits_twistd_options_from_the_daemons():
                       "--node", "alice", "--help"]
 
 
-def test_the_launcher_passes_a_failure_whole_to_the_waiting_parent():
-    """The daemonized child's status message is the whole line (twistd cuts at 100 bytes)."""
-    runner = launcher._Runner.__new__(launcher._Runner)
+def test_the_launcher_passes_a_failure_whole_to_the_waiting_parent(tmp_path):
+    """The daemonized child's status message is the whole line (twistd cuts at 100 bytes), sent
+    once its pid file is gone (the parent exits as soon as it reads it)."""
+    pidfile = tmp_path / "d.pid"
+    pidfile.write_text("4242")
+    runner = launcher._Runner({"pidfile": str(pidfile)})
     message = "cannot listen for metrics on " + "tcp:9942:interface=" + "x" * 200
     status = runner._formatChildException(startup.StartupFailed(message))
     assert status == b"1 drbd-proxy: " + message.encode()
+    assert not pidfile.exists()  # gone before the parent hears of the failure
 
 
 def test_the_launcher_log_file_keeps_a_bounded_number_of_old_files(tmp_path):
