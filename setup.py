@@ -1,10 +1,19 @@
 """drbdproxy: an open DRBD Proxy on Twisted."""
 
+import re
+
 from setuptools import find_packages, setup
+
+
+def version() -> str:
+    """drbdproxy.__version__, read without importing the package (its dependencies may be absent)."""
+    with open("drbdproxy/__init__.py", encoding="utf-8") as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
 
 setup(
     name="drbdproxy",
-    version="0.1.0",
+    version=version(),
     description="An open-source DRBD Proxy: buffers, compresses and relays DRBD over a WAN",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -34,6 +43,7 @@ setup(
             "drbd-sim = drbdproxy.sim.cli:main",
             "drbd-proxy-demo = drbdproxy.demo:main",
             "drbd-proxy-ctl = drbdproxy.control.ctl:main",
+            "drbd-proxy = drbdproxy.launcher:main",
         ],
     },
     classifiers=[

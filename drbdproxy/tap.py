@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import grp
 import ipaddress
-import os
 import socket
 from typing import Any
 
-from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.python import usage
 
-from drbdproxy.config import ConfigError, ProxyConnectionConfig, load
+from drbdproxy import __version__
+from drbdproxy.config import Config, ConfigError, ProxyConnectionConfig, load
+from drbdproxy.config.model import hostnames_equal
 from drbdproxy.runtime.collector import tune_gc
 from drbdproxy.control.commands import CommandError, parse_command
 from drbdproxy.control.interface import ControlError
@@ -26,18 +26,12 @@ from drbdproxy.admin.metrics import MetricsError, metrics_service
 from drbdproxy.admin.metrics import check_endpoint as check_metrics_endpoint
 from drbdproxy.control.registry import ConnectionRegistry
 from drbdproxy.relay.tls import TlsConfig, TlsError
+from drbdproxy.startup import (SYSTEMD_CONTROL, ControlSocket, Guarded, StartupError,
+                               check_endpoint, fail, notify_ready, systemd_passed_sockets)
 
 DEFAULT_CONTROL = "unix:/run/drbd-proxy/drbd-proxy-ctl.socket:mode=600"
 
-
-class StartupError(SystemExit):
-    """A file or value the daemon cannot start with: one line on stderr and exit status 1.
-
-    (A usage.UsageError would make twistd print its whole option summary first.)
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(f"drbd-proxy: {message}")
+__all__ = ["DEFAULT_CONTROL", "Options", "StartupError", "makeService"]
 
 
 class Options(usage.Options):
@@ -53,8 +47,9 @@ class Options(usage.Options):
          " (by default they have their own link, so pings and acks never wait)."],
     ]
     optParameters = [
-        ["control", "c", DEFAULT_CONTROL,
-         "Twisted server endpoint of the control socket (its directory is created)."],
+        ["control", "c", None,
+         "Twisted server endpoint of the control socket (its directory is created; default: the"
+         f" socket systemd passes, from drbd-proxy.socket, else {DEFAULT_CONTROL})."],
         ["control-group", None, None,
          "group allowed to use a unix control socket (it becomes mode 0660, that group's)."],
         ["drbd-conf", None, None,
@@ -85,10 +80,18 @@ class Options(usage.Options):
          " (a bare port means loopback)."],
     ]
 
+    def opt_version(self) -> None:
+        """Print drbdproxy's version and exit."""
+        print(f"drbdproxy {__version__}")
+        raise SystemExit(0)
+
     def postOptions(self) -> None:
+        if self["control"] is None:
+            self["control"] = SYSTEMD_CONTROL if systemd_passed_sockets() else DEFAULT_CONTROL
         self["control"] = loopback_by_default(self["control"].strip())
         if not self["control"]:
             raise usage.UsageError("--control needs an endpoint, e.g. unix:/run/drbd-proxy/ctl.socket")
+        check_endpoint("control", self["control"])
         if self["control-group"]:
             if _unix_socket_path(self["control"]) is None:
                 raise usage.UsageError("--control-group needs a unix: control endpoint")
@@ -101,7 +104,9 @@ class Options(usage.Options):
         if self["drbd-conf"]:
             self["node"] = self["node"] or socket.gethostname()
             try:
-                self["connections"] = load(self["drbd-conf"]).proxy_connections(self["node"])
+                config = load(self["drbd-conf"])
+                _check_node(config, self["node"], self["drbd-conf"])
+                self["connections"] = config.proxy_connections(self["node"])
             except (ConfigError, OSError) as e:
                 raise StartupError(f"--drbd-conf: {e}") from None
         self["secret"] = None
@@ -141,6 +146,18 @@ class Options(usage.Options):
             raise StartupError(str(e)) from None
 
 
+def _check_node(config: Config, node: str, path: str) -> None:
+    """``node`` is a host of ``path``, as drbdadm requires of the name it runs as.
+
+    :raises StartupError: naming the hosts the file has (drbdadm: "Misspelled name ...?").
+    """
+    hosts = sorted({name for res in config.resources for host in res.hosts
+                    if host.kind == "on" for name in host.names})
+    if hosts and not any(hostnames_equal(node, name) for name in hosts):
+        raise StartupError(f"--drbd-conf: no host {node!r} in {path} (its hosts: "
+                           f"{', '.join(hosts)}); misspelled --node or host name?")
+
+
 def loopback_by_default(endpoint: str) -> str:
     """A control endpoint is private unless told otherwise: the protocol has no authentication.
 
@@ -165,12 +182,6 @@ def _unix_socket_path(endpoint: str) -> str | None:
     return path
 
 
-def _unix_socket_dir(endpoint: str) -> str | None:
-    """The directory a ``unix:PATH[:opts]`` endpoint's socket lives in, or None for other kinds."""
-    path = _unix_socket_path(endpoint)
-    return (os.path.dirname(path) or None) if path else None
-
-
 class _Ready(Service):
     """Started last: says the daemon is listening everywhere it should (scripts wait for it)."""
 
@@ -182,6 +193,7 @@ class _Ready(Service):
     def startService(self) -> None:
         super().startService()
         self._log.info("drbd-proxy ready: control socket {control}", control=self._control)
+        notify_ready()
 
 
 class _StartupWarnings(Service):
@@ -200,7 +212,8 @@ class _StartupWarnings(Service):
 
     def startService(self) -> None:
         super().startService()
-        if _unix_socket_path(self._control) is None:
+        if _unix_socket_path(self._control) is None and not self._control.startswith(
+                "systemd:domain=UNIX"):
             loopback = any(f"interface={ip}" in self._control for ip in ("127.", "\\:\\:1", "::1"))
             self._log.warn(
                 "control endpoint {control} is not a unix socket, and the control protocol has no"
@@ -223,19 +236,6 @@ class _ProcessTuning(Service):
         tune_gc(self._reactor)
 
 
-class _SocketGroup(Service):
-    """Once the control socket exists, hand it to the configured group (mode 0660)."""
-
-    def __init__(self, path: str, gid: int) -> None:
-        self._path = path
-        self._gid = gid
-
-    def startService(self) -> None:
-        super().startService()
-        os.chown(self._path, -1, self._gid)
-        os.chmod(self._path, 0o660)
-
-
 def makeService(config: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
@@ -245,27 +245,22 @@ def makeService(config: Options, reactor: Any = None) -> IService:
                                   tls=config.get("tls"), link_secret=config.get("secret"),
                                   link_allow=config.get("link-networks", ()))
     registry.setServiceParent(top)
-    for connection in config.get("connections") or []:
-        _configure(registry, connection)
-    directory = _unix_socket_dir(config["control"])
-    if directory:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-    # strports raises at start-up if the control socket cannot be bound (one clear error).
-    strports.service(config["control"], ControlFactory(registry)).setServiceParent(top)
-    if config.get("control-gid") is not None:
-        path = _unix_socket_path(config["control"])
-        assert path is not None  # postOptions refuses --control-group without a unix: endpoint
-        _SocketGroup(path, config["control-gid"]).setServiceParent(top)
+    _DrbdConfConnections(registry, config.get("connections") or []).setServiceParent(top)
+    # Every endpoint binds when the daemon starts, a failure being one line and exit status 1.
+    ControlSocket(config["control"], ControlFactory(registry), reactor,
+                  path=_unix_socket_path(config["control"]),
+                  gid=config.get("control-gid")).setServiceParent(top)
     if config["manhole"]:
         try:
             manhole = manhole_service(config["manhole"], config["manhole-keys"],
                                       lambda: _manhole_namespace(registry, reactor),
                                       reactor=reactor)
         except ManholeError as e:  # e.g. the host key cannot be written
-            raise SystemExit(f"drbd-proxy: {e}") from None
-        manhole.setServiceParent(top)
+            raise StartupError(str(e)) from None
+        Guarded("the manhole", config["manhole"], manhole).setServiceParent(top)
     if config["metrics"]:
-        metrics_service(config["metrics"], registry, reactor=reactor).setServiceParent(top)
+        Guarded("metrics", config["metrics"],
+                metrics_service(config["metrics"], registry, reactor=reactor)).setServiceParent(top)
     _StartupWarnings(config["control"]).setServiceParent(top)
     _Ready(config["control"]).setServiceParent(top)
     return top
@@ -283,12 +278,32 @@ def _manhole_namespace(registry: ConnectionRegistry, reactor: Any) -> dict[str, 
     }
 
 
-def _configure(registry: ConnectionRegistry, connection: ProxyConnectionConfig) -> None:
-    """Add one connection from drbd.conf through the very commands drbdadm would send."""
-    if connection.name in registry.namedServices:
-        return  # drbdadm 9.22 can list one name twice (a dedicated proxy for two nodes)
-    for line in connection.to_ctl_commands():
-        try:
-            parse_command(line).call(registry)
-        except (CommandError, ControlError) as e:
-            raise SystemExit(f"drbd-proxy: --drbd-conf: {connection.name}: {line}: {e}") from None
+class _DrbdConfConnections(Service):
+    """--drbd-conf's connections, added as the daemon starts (each binds its ports then) through
+    the very commands drbdadm would send; one that cannot be added stops start-up in one line."""
+
+    _log = logger()
+
+    def __init__(self, registry: ConnectionRegistry,
+                 connections: list[ProxyConnectionConfig]) -> None:
+        self._registry = registry
+        self._connections = connections
+        self._added = False
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self._added:
+            return
+        self._added = True
+        for connection in self._connections:
+            if connection.name in self._registry.namedServices:
+                continue  # drbdadm 9.22 can list one name twice (a dedicated proxy for two nodes)
+            for line in connection.to_ctl_commands():
+                try:
+                    parse_command(line).call(self._registry)
+                except (CommandError, ControlError) as e:
+                    fail(self._log, f"--drbd-conf: {connection.name}: {line}: {e}")
+
+    def startService(self) -> None:
+        super().startService()
+        self.privilegedStartService()  # started without it (tests, embedding): add them now

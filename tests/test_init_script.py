@@ -36,11 +36,12 @@ def exited(pid: int) -> bool:
 
 
 @pytest.fixture
-def init(tmp_path):
+def init(tmp_path, request):
     conf = tmp_path / "drbd.conf"
     conf.write_text(CONF.format(*free_ports(6)))
-    env = dict(os.environ, BINDIR=str(BIN), RUNDIR=str(tmp_path / "run"),
-               LOGFILE=str(tmp_path / "drbd-proxy.log"), __DRBD_NODE__="alice",
+    node = getattr(request, "param", "alice")
+    env = dict(os.environ, SBINDIR=str(BIN), RUNDIR=str(tmp_path / "run"),
+               LOGFILE=str(tmp_path / "drbd-proxy.log"), __DRBD_NODE__=node,
                DRBDADM=f"drbdadm -p {tool('drbd-proxy-ctl')} -c {conf}")
 
     def run(action: str) -> subprocess.CompletedProcess[str]:
@@ -75,3 +76,26 @@ def test_restart_gives_a_fresh_daemon(init, tmp_path):
     assert restarted.returncode == 0, restarted.stdout + restarted.stderr
     assert (tmp_path / "run" / "drbd-proxy.pid").read_text() != first
     assert "r0-bob-alice" in init("status").stdout
+
+
+@pytest.mark.parametrize("init", ["carol"], indirect=True)
+def test_a_failed_proxy_up_leaves_the_daemon_running(init, tmp_path):
+    """On a host drbd.conf has no proxied resource for, drbdadm proxy-up all exits 1: start says
+    so and succeeds, and the daemon stays up for what drbdadm adds later."""
+    started = init("start")
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert "drbdadm proxy-up all failed for some resources" in started.stderr
+    status = init("status")
+    assert status.returncode == 0 and "running" in status.stdout
+    assert init("stop").returncode == 0
+
+
+def test_a_start_up_error_is_one_line(init, tmp_path):
+    """A daemon that cannot start (its control path is a directory) fails start with the
+    daemon's one-line reason on stderr, and leaves no pid file."""
+    (tmp_path / "run" / "drbd-proxy-ctl.socket").mkdir(parents=True)
+    started = init("start")
+    assert started.returncode == 1
+    [line] = started.stderr.splitlines()
+    assert line.startswith("drbd-proxy: control socket ") and line.endswith("is not a socket")
+    assert not (tmp_path / "run" / "drbd-proxy.pid").exists()

@@ -90,11 +90,18 @@ def build(monkeypatch, *argv: str):
     return tap.makeService(parse(*argv), reactor=MemoryReactorClock())
 
 
+def add_drbd_conf_connections(top) -> None:
+    """What the daemon does first as it starts: add --drbd-conf's connections (memory reactor)."""
+    [service] = [s for s in top if isinstance(s, tap._DrbdConfConnections)]
+    service.privilegedStartService()
+
+
 def warnings_at_start(monkeypatch, *argv: str) -> list[str]:
-    """The WARN lines logged while the daemon is built (--drbd-conf connections are added then)
-    and its start-up warnings are given (that service is started alone: nothing listens)."""
+    """The WARN lines logged while the daemon is built, adds its --drbd-conf connections and
+    gives its start-up warnings (those two services are started alone: nothing else listens)."""
     with capturedLogs() as events:
         top = build(monkeypatch, *argv)
+        add_drbd_conf_connections(top)
         [service] = [s for s in top if isinstance(s, tap._StartupWarnings)]
         service.startService()
     return [formatEvent(e) for e in events if e["log_level"] is LogLevel.warn]
@@ -130,6 +137,13 @@ def drbd_conf(tmp_path) -> str:
     return str(path)
 
 
+def parse_conf_ports(tmp_path) -> list[str]:
+    """The six ports drbd_conf wrote, in CONF's order."""
+    import re
+
+    return re.findall(r"127\.0\.0\.1:(\d+)", (tmp_path / "drbd.conf").read_text())
+
+
 def test_an_unauthenticated_drbd_conf_connection_is_warned_of_once(tmp_path, monkeypatch):
     """A --drbd-conf connection without --link-secret or TLS gets exactly one WARN line, naming
     it and the options that fix it (the registry's, as it adds the connection)."""
@@ -162,6 +176,86 @@ def test_make_service_only_wires(monkeypatch):
     assert calls == ["malloc", "gc"]
 
 
+def test_make_service_binds_nothing_and_privileged_start_binds_every_endpoint(tmp_path, monkeypatch):
+    """makeService listens nowhere, dials nowhere, schedules and starts nothing, and creates no
+    socket directory (even with --drbd-conf connections); privilegedStartService binds the control
+    socket, the metrics port and the manhole port (before twistd sheds root)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from twisted.conch.ssh.keys import Key
+
+    keys = tmp_path / "keys" / "authorized_keys"
+    keys.parent.mkdir(mode=0o700)
+    keys.write_bytes(Key(Ed25519PrivateKey.generate()).public().toString("openssh") + b"\n")
+    keys.chmod(0o600)
+    reactor = MemoryReactorClock()
+    monkeypatch.setattr(tap, "tune_gc", lambda reactor: None)
+    monkeypatch.setattr(tap, "tune_malloc", lambda: None)
+    control = tmp_path / "run" / "c.sock"
+    top = tap.makeService(parse("--control", f"unix:{control}", "--metrics", "tcp:9942",
+                                "--manhole", "tcp:6022", "--manhole-keys", str(keys),
+                                "--drbd-conf", drbd_conf(tmp_path), "--node", "alice"),
+                          reactor=reactor)
+    assert (reactor.tcpServers, reactor.unixServers) == ([], [])
+    assert (reactor.tcpClients, reactor.getDelayedCalls()) == ([], [])
+    assert not top.running and not any(service.running for service in top)
+    assert not control.parent.exists()
+    top.privilegedStartService()
+    assert [s[0] for s in reactor.unixServers] == [str(control)]
+    outside = int(parse_conf_ports(tmp_path)[2])
+    assert sorted(s[0] for s in reactor.tcpServers) == sorted([6022, 9942, outside])
+    assert control.parent.is_dir()
+    [registry] = [s for s in top if isinstance(s, tap.ConnectionRegistry)]
+    registry.connection("r0-bob-alice").unbind()
+
+
+def test_version_prints_drbdproxy_version(capsys):
+    """`twistd drbd-proxy --version` prints drbdproxy's version (not Twisted's) and exits 0."""
+    import drbdproxy
+
+    with pytest.raises(SystemExit) as info:
+        parse("--version")
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"drbdproxy {drbdproxy.__version__}\n"
+
+
+@pytest.mark.parametrize("endpoint", ["foo:bar", "tcp:notaport", "tcp:7000:colour=blue"])
+def test_a_bad_control_endpoint_is_one_line_at_option_time(endpoint):
+    """An endpoint string the reactor cannot parse stops start-up with one line naming it."""
+    with pytest.raises(SystemExit, match="drbd-proxy: bad control endpoint") as info:
+        parse("--control", endpoint)
+    assert "\n" not in str(info.value.code)
+
+
+def test_a_systemd_control_endpoint_without_a_passed_socket_is_refused(monkeypatch):
+    """`--control systemd:...` outside socket activation says systemd passed no socket."""
+    monkeypatch.setattr(tap, "systemd_passed_sockets", lambda: False)
+    monkeypatch.setattr("drbdproxy.startup.systemd_passed_sockets", lambda: False)
+    with pytest.raises(SystemExit, match="systemd passed no socket"):
+        parse("--control", "systemd:domain=UNIX:index=0")
+
+
+def test_the_socket_systemd_passes_is_the_default_control(monkeypatch):
+    """Started by drbd-proxy.socket (a socket passed), the daemon takes that socket by default;
+    without one, the unix socket of SPEC 3.2."""
+    monkeypatch.setattr(tap, "systemd_passed_sockets", lambda: True)
+    monkeypatch.setattr(tap, "check_endpoint", lambda what, description: description)
+    assert parse()["control"] == "systemd:domain=UNIX:index=0"
+    monkeypatch.setattr(tap, "systemd_passed_sockets", lambda: False)
+    assert parse()["control"] == DEFAULT_CONTROL
+
+
+def test_a_node_missing_from_drbd_conf_names_the_hosts_it_has(tmp_path):
+    """--node that is no host of the file stops start-up with one line listing the file's hosts,
+    as drbdadm says "Misspelled name" for a host name missing from drbd.conf."""
+    conf = drbd_conf(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        parse("--drbd-conf", conf, "--node", "carol")
+    message = str(info.value.code)
+    assert message == (f"drbd-proxy: --drbd-conf: no host 'carol' in {conf} (its hosts: alice, bob);"
+                       " misspelled --node or host name?")
+    assert parse("--drbd-conf", conf, "--node", "ALICE.example.com")["node"] == "ALICE.example.com"
+
+
 def test_twistd_finds_the_plugin_by_its_name():
     """twistd discovers `drbd-proxy` through Twisted's plugin system, and the plugin names the
     module that builds the service (imported only when it is used)."""
@@ -179,6 +273,7 @@ def test_the_manhole_sees_the_snapshots_the_control_protocol_renders(tmp_path, m
     render, one per connection."""
     top = build(monkeypatch, "--control", f"unix:{tmp_path}/c.sock",
                 "--drbd-conf", drbd_conf(tmp_path), "--node", "alice")
+    add_drbd_conf_connections(top)
     [registry] = [s for s in top if isinstance(s, tap.ConnectionRegistry)]
     namespace = tap._manhole_namespace(registry, None)
     [status] = namespace["status"]()

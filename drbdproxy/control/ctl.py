@@ -41,6 +41,7 @@ Send commands to the drbd-proxy daemon over its control socket and print the rep
   -s, --socket SOCKET    the daemon's control socket: a UNIX socket path, unix:PATH, or
                          tcp:HOST:PORT; default ${SOCKET_ENV}, else {DEFAULT_SOCKET}
   -h, --help             show this help and exit
+      --version          print drbdproxy's version and exit
 
 With no command, {PROG} runs an interactive shell ("help" lists the daemon's commands,
 Tab completes them and connection names, "quit" or end of input leaves; "shutdown" asks first
@@ -91,6 +92,10 @@ def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> Op
             only_words = True
         elif arg in ("-h", "--help"):
             return Options(target, [], show_help=True)
+        elif arg == "--version" and not items:
+            from drbdproxy import __version__
+            print(f"drbdproxy {__version__}")
+            raise SystemExit(EXIT_OK)
         elif arg in _VALUED:
             if not args:
                 raise UsageError(f"option {arg} needs an argument")
