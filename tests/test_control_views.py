@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 from twisted.internet.task import Clock
 
-from drbdproxy.control import views
+from drbdproxy.control import views, watch
 from drbdproxy.control.rates import RATE_INTERVAL, RateMeter, compression_ratio
 from drbdproxy.control.registry import ConnectionRegistry
 from drbdproxy.control.interface import ControlError
@@ -117,12 +117,29 @@ def test_connections_table_has_a_header_and_a_status_column():
     assert header.split("\t") == list(views.CONNECTION_COLUMNS)
     assert header.split("\t")[1] == "Status"
     assert row.split("\t") == ["r0-bob-alice", "Connected", str(M), str(16 * M), str(4 * M), "0",
-                               str(2 * M), "2.00", "0.2ms", "1"]
+                               str(2 * M), "2.00", "0.2ms", "1", "-", "-"]
     human = views.connections_table([after], meter, human=True)
     assert "\t" not in "".join(human)
     assert human[1].split() == ["r0-bob-alice", "Connected", "1.0M", "16.0M", "4.0M", "0", "2.0M",
-                                "2.00", "0.2ms", "1"]
+                                "2.00", "0.2ms", "1", "-", "-"]
     assert human[0].index("Status") == human[1].index("Connected")
+
+
+def test_a_connection_that_is_down_says_why_and_when_it_dials_next():
+    """While the peer proxy is away, list connections ends each row with the seconds to the next
+    dial and the last error, the JSON view gives both, and watch prints them under the buffer."""
+    down = replace(status(), state="Connecting", retry_in=2.25,
+                   last_error="dial failed: Connection was refused by other side")
+    meter = measured(down, down)
+    header, row = views.connections_table([down], meter, human=False)
+    assert header.split("\t")[-2:] == ["NextDial", "LastError"]
+    assert row.split("\t")[-2:] == ["2.2s", "dial failed: Connection was refused by other side"]
+    [doc] = views.connections_json([down], meter)
+    (c,) = json.loads(doc)["connections"]
+    assert c["retry_in"] == 2.25 and c["last_error"].startswith("dial failed")
+    screen = watch.connection_lines(c, 120)
+    assert screen[-1] == ("  down: dial failed: Connection was refused by other side"
+                          "   next dial in 2.2 s")
 
 
 def test_subconnections_fields_2_9_13_are_socket_rate_and_ratio():

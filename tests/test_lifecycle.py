@@ -193,7 +193,8 @@ def test_a_bulk_link_without_its_meta_link_is_dropped() -> None:
 
 def test_stop_says_goaway_once_and_refuses_everything_after() -> None:
     """stop cancels the dial timer and tears down with GOAWAY; after it, lookups answer
-    UNKNOWN_CONNECTION, late links are dropped, and timers and a second stop do nothing."""
+    UNKNOWN_CONNECTION, late links are dropped, timers and a second stop do nothing, and a
+    start begins again with a dial."""
     m, core = machine()
     up(m, core)
     m.stop(BYE)
@@ -204,8 +205,9 @@ def test_stop_says_goaway_once_and_refuses_everything_after() -> None:
     m.dialDue()
     m.linkLost("late")
     m.stop(BYE)
-    m.start()
     assert core.take() == [("dropLink", "late")]
+    m.start()  # a service may be started again: it dials again
+    assert core.take() == [("scheduleDial", 0)]
 
 
 def test_backoff_doubles_to_its_cap_with_jitter_and_resets() -> None:
@@ -247,7 +249,7 @@ def test_heartbeat_pings_on_the_injected_clock_and_times_out_a_silent_peer() -> 
     clock = Clock()
     clock.advance(100)
     beats: list[float] = []
-    heartbeat = Heartbeat(clock, lambda: 4.0, beats.append)
+    heartbeat = Heartbeat(clock, lambda: 4.0, beats.append, lambda: int(clock.seconds() * 1e9))
     link = FakeMeta()
     heartbeat.start(link)
     assert link.writer.sent == [Ping(1, 100 * 10**9).encode()] and beats == [100]

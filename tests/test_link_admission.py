@@ -499,7 +499,7 @@ def test_crossed_dials_our_link_refused_duplicate_meta_before_the_peer_link_arri
 
 @pytest.mark.parametrize("loser", ["refused", "abandoned"])
 def test_crossed_dials_log_no_warning_for_our_losing_link(loser: str, warned: Logged) -> None:
-    """BUG (fails against the current source). Crossed dials are a normal start (both proxies
+    """Crossed dials are a normal start (both proxies
     dial; docs/link-protocol.md §4.6, "What drbdproxy does"): when our outgoing meta link
     loses, refused by the peer with DUPLICATE_META (linkRefused logs that at info, on
     purpose) or abandoned here because the peer's link won, neither the REJECT nor the losing
@@ -788,3 +788,70 @@ def test_a_peer_killed_without_goaway_is_told_apart_from_a_deliberate_shutdown(
     env.meta.feed(GoAway(GoAwayReason.SHUTDOWN, "daemon stopping"))
     assert env.conn.status().last_error == (
         "the peer proxy said GOAWAY: shutdown (daemon stopping)")
+
+
+# -- the bulk link that never comes -------------------------------------------------------------
+
+
+def accept(link: LinkProtocol) -> None:
+    """The peer's side of our outgoing link accepts it (WELCOME)."""
+    assert isinstance(link.handshake, ClientHandshake)
+    server = ServerHandshake(lambda name, role, session: None, [0])
+    reply, outcome = server.receive(link.handshake.hello_frame)
+    assert isinstance(outcome, Accepted)
+    link.dataReceived(reply)
+
+
+def our_meta_up(conn: ProxyConnection) -> tuple[LinkProtocol, Transport, LinkClientFactory]:
+    """Our meta link is dialled and accepted; the bulk link's dial is in progress."""
+    factory, _ = dial(conn)
+    meta, meta_t, _ = connect_outgoing(factory)
+    accept(meta)
+    assert conn.meta is meta and conn.links.bulk_dial is not None
+    (_, _, bulk_factory, _, _) = conn.clock.tcpClients[-1]
+    assert bulk_factory is conn.links.bulk_dial
+    return meta, meta_t, bulk_factory
+
+
+@pytest.mark.parametrize("how", ["lost", "refused"])
+def test_a_bulk_link_that_fails_in_its_handshake_breaks_the_pair_and_redials(how: str) -> None:
+    """Our bulk link connects but is lost, or refused, before its handshake completes: the pair
+    cannot come up, so the meta link is dropped and a dial follows after backoff (not stuck
+    in Connecting with a meta link and no bulk link)."""
+    conn = make_conn()
+    meta, meta_t, bulk_factory = our_meta_up(conn)
+    bulk, _, _ = connect_outgoing(bulk_factory)
+    if how == "refused":
+        refuse(bulk, RejectReason.NO_SUCH_SESSION)
+    bulk.connectionLost(Failure(ConnectionDone()))
+    assert conn.meta is None and meta_t.aborts == 1
+    assert conn.state == State.CONNECTING and conn.links.retry is not None
+    assert conn.links.retry.active()
+    conn.stopService()
+
+
+def test_a_pair_whose_bulk_link_never_comes_is_dropped_after_the_handshake_bound() -> None:
+    """The peer's meta link is accepted but its bulk link never arrives: after a link's
+    handshake bound (10 s) the meta link is dropped and this side dials again."""
+    conn = make_conn()
+    conn.startService()
+    meta = peer_link(conn, LinkRole.META, HIGH_SESSION)
+    assert conn.meta is meta.link
+    advance(conn.clock, 9.875)
+    assert meta.transport.aborts == 0
+    advance(conn.clock, 0.25)
+    assert meta.transport.aborts == 1 and conn.meta is None
+    assert conn.status().last_error == "no bulk link came"
+    assert conn.links.retry is not None and conn.links.retry.active()
+    conn.stopService()
+
+
+def test_teardown_gives_up_our_bulk_dial_in_progress() -> None:
+    """When the pair breaks while our bulk link is still connecting, that connect is given up
+    (a late bulk link would be refused by the peer and warned about for nothing)."""
+    conn = make_conn()
+    meta, _, bulk_factory = our_meta_up(conn)
+    meta.connectionLost(Failure(ConnectionLost()))
+    assert bulk_factory.connector._disconnected
+    assert conn.links.bulk_dial is None
+    conn.stopService()

@@ -355,7 +355,7 @@ def test_peer_discard_on_the_meta_link_closes_a_bulk_stream_while_the_bulk_link_
 
 def test_counters_of_a_stream_closed_by_the_peer_stay_counted_while_its_drbd_socket_closes(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """BUG (fails against the current source). Between the peer's DISCARD (or CLOSE) and the
+    """Between the peer's DISCARD (or CLOSE) and the
     connectionLost of our DRBD socket (up to ping-timeout), the stream's bytes and packets must
     stay in totals(), discarded() and packet_counts(): `print statistics` and the metrics are
     counters and must never go backwards. Now the stream drops out of conn.table.streams at once but

@@ -26,7 +26,7 @@ def complete(line: str) -> list[str]:
     ("sh", ["show", "shutdown"]),
     ("show mem", ["memusage"]),
     ("SHOW Mem", ["memusage"]),
-    ("print ", ["statistics"]),
+    ("print ", ["details", "statistics"]),
     ("list sub", ["subconnections"]),
     ("show ", ["connections", "details", "hconnections", "hmemusage", "hsubconnections", "memusage",
                "proxy-settings", "subconnections", "version"]),

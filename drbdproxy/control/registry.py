@@ -24,7 +24,7 @@ from drbdproxy.relay.tls import TlsConfig
 from drbdproxy.units import format_address, format_drbd_size, format_size
 from drbdproxy.relay.workers import Workers
 from drbdproxy.control import views
-from drbdproxy.control.rates import RATE_INTERVAL, RateMeter, compression_ratio
+from drbdproxy.control.rates import RATE_INTERVAL, RateMeter
 
 #: Seconds between looks at whether drained buffers should go back to the kernel.
 TRIM_INTERVAL = 2.0
@@ -246,44 +246,8 @@ class ConnectionRegistry(MultiService):
         return views.details_lines(self.status())
 
     def statistics(self, as_json: bool = False) -> Iterable[str]:
-        lines = list(self._statistics())
+        lines = views.statistics_lines(self.status(), self.rates)
         return views.statistics_json(lines) if as_json else lines
-
-    def _statistics(self) -> Iterable[str]:
-        for c in self.status():
-            yield f"{c.name}.state {c.state}"
-            yield f"{c.name}.memlimit {c.memlimit}"
-            yield f"{c.name}.bwlimit {c.bwlimit}"
-            yield f"{c.name}.codec {c.codec.replace(' ', '-')}"
-            yield f"{c.name}.link_cc {c.link_cc or '-'}"
-            yield f"{c.name}.buffered {c.buffered}"
-            yield f"{c.name}.buffered_peak {c.buffered_peak}"
-            rtt = f"{c.link_rtt_ms:.3f}" if c.link_rtt_ms is not None else "-"
-            yield f"{c.name}.link_rtt_ms {rtt}"
-            rate = f"{c.drain_rate:.0f}" if c.drain_rate is not None else "-"
-            yield f"{c.name}.link_rate_bytes_per_s {rate}"
-            drain = f"{c.drain_seconds:.3f}" if c.drain_seconds is not None else "-"
-            yield f"{c.name}.drain_seconds {drain}"
-            rates = self.rates.connection(c.name)
-            for key, value in (("to_peer", rates.to_peer), ("from_peer", rates.from_peer)):
-                yield f"{c.name}.{key}_bytes_per_s {'-' if value is None else f'{value:.0f}'}"
-            ratio = compression_ratio(c)
-            yield f"{c.name}.compression_ratio {'-' if ratio is None else f'{ratio:.3f}'}"
-            yield f"{c.name}.congestion_fill {views.congestion_fill(c.memlimit, ratio)}"
-            yield f"{c.name}.out_of_sync {c.out_of_sync}"
-            yield f"{c.name}.reconnects {c.reconnects}"
-            yield f"{c.name}.dropped_after_close_bytes {c.dropped_after_close}"
-            yield f"{c.name}.discarded_bytes {c.discarded_to_peer + c.discarded_from_peer}"
-            yield f"{c.name}.discarded.to_peer_bytes {c.discarded_to_peer}"
-            yield f"{c.name}.discarded.from_peer_bytes {c.discarded_from_peer}"
-            for kind, t in sorted(c.totals.items()):
-                prefix = f"{c.name}.{kind}"
-                yield f"{prefix}.to_peer.bytes {t['to_peer']}"
-                yield f"{prefix}.to_peer.wire_bytes {t['to_peer_wire']}"
-                yield f"{prefix}.from_peer.bytes {t['from_peer']}"
-                yield f"{prefix}.from_peer.wire_bytes {t['from_peer_wire']}"
-            for (kind, direction, name), count in sorted(c.packets.items()):
-                yield f"{c.name}.{kind}.{direction}.packets.{name} {count}"
 
     def version(self, as_json: bool = False) -> Iterable[str]:
         if as_json:

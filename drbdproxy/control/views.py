@@ -23,7 +23,7 @@ CONGESTION_FILL_MAX = 10 << 30
 KO_SECONDS = 42
 
 CONNECTION_COLUMNS = ("Name", "Status", "Buffered", "Memlimit", "ToPeer/s", "FromPeer/s",
-                      "Link/s", "Ratio", "RTT", "Reconnects")
+                      "Link/s", "Ratio", "RTT", "Reconnects", "NextDial", "LastError")
 #: Columns 2, 9 and 13 are what LINBIT's recipe ``list subconnections | cut -f 2,9,13`` picks:
 #: which DRBD socket, how fast DRBD writes to the peer, how well it compresses.
 SUBCONNECTION_COLUMNS = ("Name", "Socket", "Stream", "DRBD", "ToPeer", "ToPeerWire", "FromPeer",
@@ -88,6 +88,7 @@ def connection_object(c: ConnectionStatus, rates: Rates) -> dict[str, Any]:
         "compression_ratio": ratio,
         "congestion_fill": congestion_fill(c.memlimit, ratio),
         "out_of_sync": c.out_of_sync,
+        "last_error": c.last_error, "retry_in": c.retry_in,
         "bytes": {"to_peer": raw, "to_peer_wire": wire, "from_peer": from_peer,
                   "from_peer_wire": from_wire},
         "rates": rates.as_dict(),
@@ -108,8 +109,13 @@ def connections_table(statuses: Sequence[ConnectionStatus], meter: RateMeter,
         rtt = f"{c.link_rtt_ms:.1f}ms" if c.link_rtt_ms is not None else "-"
         rows.append((c.name, c.state, size(c.buffered), size(c.memlimit), _rate(size, r.to_peer),
                      _rate(size, r.from_peer), _rate(size, r.to_peer_wire), _ratio(raw, wire),
-                     rtt, str(c.reconnects)))
+                     rtt, str(c.reconnects), _next_dial(c), c.last_error or "-"))
     return table(CONNECTION_COLUMNS, rows, human)
+
+
+def _next_dial(c: ConnectionStatus) -> str:
+    # While the peer proxy is away: when this side dials it next.
+    return "-" if c.retry_in is None else f"{c.retry_in:.1f}s"
 
 
 def show_lines(statuses: Sequence[ConnectionStatus]) -> list[str]:
@@ -228,3 +234,45 @@ def _value(text: str) -> Any:
         except ValueError:
             pass
     return text
+
+
+def statistics_lines(statuses: Sequence[ConnectionStatus], meter: RateMeter) -> list[str]:
+    """``print statistics``: one ``NAME.counter value`` a line, for scripts and the tests."""
+    return list(_statistics(statuses, meter))
+
+
+def _statistics(statuses: Sequence[ConnectionStatus], meter: RateMeter) -> Iterable[str]:
+    for c in statuses:
+        yield f"{c.name}.state {c.state}"
+        yield f"{c.name}.memlimit {c.memlimit}"
+        yield f"{c.name}.bwlimit {c.bwlimit}"
+        yield f"{c.name}.codec {c.codec.replace(' ', '-')}"
+        yield f"{c.name}.link_cc {c.link_cc or '-'}"
+        yield f"{c.name}.buffered {c.buffered}"
+        yield f"{c.name}.buffered_peak {c.buffered_peak}"
+        rtt = f"{c.link_rtt_ms:.3f}" if c.link_rtt_ms is not None else "-"
+        yield f"{c.name}.link_rtt_ms {rtt}"
+        rate = f"{c.drain_rate:.0f}" if c.drain_rate is not None else "-"
+        yield f"{c.name}.link_rate_bytes_per_s {rate}"
+        drain = f"{c.drain_seconds:.3f}" if c.drain_seconds is not None else "-"
+        yield f"{c.name}.drain_seconds {drain}"
+        rates = meter.connection(c.name)
+        for key, value in (("to_peer", rates.to_peer), ("from_peer", rates.from_peer)):
+            yield f"{c.name}.{key}_bytes_per_s {'-' if value is None else f'{value:.0f}'}"
+        ratio = compression_ratio(c)
+        yield f"{c.name}.compression_ratio {'-' if ratio is None else f'{ratio:.3f}'}"
+        yield f"{c.name}.congestion_fill {congestion_fill(c.memlimit, ratio)}"
+        yield f"{c.name}.out_of_sync {c.out_of_sync}"
+        yield f"{c.name}.reconnects {c.reconnects}"
+        yield f"{c.name}.dropped_after_close_bytes {c.dropped_after_close}"
+        yield f"{c.name}.discarded_bytes {c.discarded_to_peer + c.discarded_from_peer}"
+        yield f"{c.name}.discarded.to_peer_bytes {c.discarded_to_peer}"
+        yield f"{c.name}.discarded.from_peer_bytes {c.discarded_from_peer}"
+        for kind, t in sorted(c.totals.items()):
+            prefix = f"{c.name}.{kind}"
+            yield f"{prefix}.to_peer.bytes {t['to_peer']}"
+            yield f"{prefix}.to_peer.wire_bytes {t['to_peer_wire']}"
+            yield f"{prefix}.from_peer.bytes {t['from_peer']}"
+            yield f"{prefix}.from_peer.wire_bytes {t['from_peer_wire']}"
+        for (kind, direction, name), count in sorted(c.packets.items()):
+            yield f"{c.name}.{kind}.{direction}.packets.{name} {count}"

@@ -69,7 +69,16 @@ def connection_lines(c: dict[str, Any], width: int) -> list[str]:
         f" ratio {ratio_text})   from peer {_rate(rates['from_peer'])}",
         f"  drain time {drain_text}   congestion-fill advice"
         f" {format_drbd_size(c['congestion_fill'], unit=True)} (90 % of memlimit x ratio)",
-    ]
+    ] + _why_down(c)
+
+
+def _why_down(c: dict[str, Any]) -> list[str]:
+    """While the peer proxy is away, why (the last error) and when this side dials it next."""
+    if c.get("state") != "Connecting" or not c.get("last_error"):
+        return []
+    retry = c.get("retry_in")
+    when = "" if retry is None else f"   next dial in {retry:.1f} s"
+    return [f"  down: {c['last_error']}{when}"]
 
 
 def render(doc: dict[str, Any] | None, error: str | None, name: str | None, target: str,

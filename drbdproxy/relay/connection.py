@@ -202,10 +202,11 @@ class ProxyConnection(Service):
         return self.admission.authenticated
 
     def bulkLinkUp(self, link: LinkProtocol) -> None:
-        self._codec = None  # choose again, within what this peer can decompress
-        self.drain.reset(self._bwlimit)  # a new link: its rate is measured afresh
         self.links.machine.bulkUp(link)
-        self._applyBwlimit()
+        if self.bulk is link:  # adopted, not a stray one dropped
+            self._codec = None  # choose again, within what this peer can decompress
+            self.drain.reset(self._bwlimit)  # a new link: its rate is measured afresh
+            self._applyBwlimit()
 
     def _beat(self, now: float) -> None:
         self._checkPausedDrbd()

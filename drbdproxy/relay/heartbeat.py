@@ -3,6 +3,7 @@ goes bad without closing its socket (silence, or sending while it reads nothing 
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Protocol
 
 from twisted.internet.interfaces import IReactorTime
@@ -26,8 +27,12 @@ class Heartbeat:
     PING (the connection samples its drain rate and looks for closed DRBD sockets then)."""
 
     def __init__(self, clock: IReactorTime, ping_timeout: Callable[[], float],
-                 beat: Callable[[float], object]) -> None:
+                 beat: Callable[[float], object],
+                 now_ns: Callable[[], int] = time.monotonic_ns) -> None:
         self._clock = clock
+        #: What PINGs are stamped with: monotonic, so a step of the wall clock (NTP) cannot
+        #: make a round trip negative (docs/link-protocol.md, PING).
+        self._now_ns = now_ns
         self._ping_timeout = ping_timeout
         self._beat = beat
         self._link: MetaLink | None = None
@@ -66,9 +71,6 @@ class Heartbeat:
 
     def pong(self, frame: Pong) -> None:
         self.rtt_ms = (self._now_ns() - frame.sent_ns) / 1e6
-
-    def _now_ns(self) -> int:
-        return int(self._clock.seconds() * 1e9)
 
     def _tick(self) -> None:
         link = self._link

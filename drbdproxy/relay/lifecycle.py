@@ -116,6 +116,11 @@ def _start(machine: Lifecycle, core: LinkCore) -> None:
     core.scheduleDial(0)
 
 
+@stopped.upon(Lifecycle.start).to(waiting)
+def _restart(machine: Lifecycle, core: LinkCore) -> None:
+    core.scheduleDial(0)
+
+
 @waiting.upon(Lifecycle.dialDue).to(dialling)
 def _dial(machine: Lifecycle, core: LinkCore) -> None:
     core.dialMeta()
@@ -248,7 +253,7 @@ def _nothing(machine: Lifecycle, core: LinkCore, *args: object) -> None:
 _IGNORED = {
     # A timer or a dial result that a link from the peer overtook; a loss the teardown it
     # caused has dealt with already; a DRBD socket's news in a state that does not count them.
-    Lifecycle.start: (dialling, linking, proxyConnected, connected, stopped),
+    Lifecycle.start: (dialling, linking, proxyConnected, connected),
     Lifecycle.dialDue: (dialling, linking, proxyConnected, connected, stopped),
     Lifecycle.dialFailed: (waiting, proxyConnected, connected, stopped),
     Lifecycle.linkLost: (waiting, stopped),

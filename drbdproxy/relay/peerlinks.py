@@ -83,6 +83,7 @@ class PeerLinks:
         self._dialFailures = Summarised(self._log, self.clock)
         self._tuning = LinkSocketTuning(connection.name, self._log)
         self._unreachable_since: float | None = None
+        self._selfDial = False
 
     def stop(self) -> None:
         self._dialFailures.stop()
@@ -112,6 +113,7 @@ class PeerLinks:
             if not conn.admission.names(name):
                 reason = RejectReason.UNKNOWN_CONNECTION
             elif session == conn.links.session and conn.links.outgoing is not None:
+                self._selfDial = True
                 self._dialFailures.warn(
                     "connection {name} dialled itself: {peer}, the peer proxy's outside address,"
                     " is this proxy's own; check the addresses of the connection", name=conn.name,
@@ -189,6 +191,9 @@ class PeerLinks:
     def linkRefused(self, link: LinkProtocol, rejected: Rejected) -> None:
         if link.side is Side.SERVER:
             return  # we refused it: the lookup said why
+        if self._selfDial:
+            self._selfDial = False  # our own refusal of it said why
+            return
         if rejected.reason is RejectReason.DUPLICATE_META:
             self._log.info("crossed dials on {name}: the peer proxy keeps its own link",
                            name=self._conn.name)
@@ -202,9 +207,9 @@ class PeerLinks:
             role = link.role.name.lower() if link.role is not None else "a"
             conn.links.machine.linkLost(f"{role} link lost: {reason}")
             return
-        outgoing = conn.links.outgoing
-        if outgoing is not None and outgoing.link is link:
-            conn.links.dialFailed(outgoing, reason)
+        for dial in (conn.links.outgoing, conn.links.bulk_dial):
+            if dial is not None and dial.link is link:
+                conn.links.dialFailed(dial, reason)  # lost, refused or timed out in its handshake
         if link.accepted is None and link.rejected is None and not link.abandoned:
             # Refused TLS certificates, garbage, a peer of another version: say why (what a
             # remote host repeats is summarised). Refusals of our dials said so already.

@@ -67,7 +67,9 @@ class PeerSession:
         #: tell from its addresses whether the other can reach it, behind NAT); when the dials
         #: cross, the greater session id wins on both sides (docs/link-protocol.md §4.6).
         self.outgoing: LinkClientFactory | None = None
-        self._bulk_dial: LinkClientFactory | None = None
+        #: Our bulk link being dialled, and how long the pair may wait for its bulk link.
+        self.bulk_dial: LinkClientFactory | None = None
+        self._linking: IDelayedCall | None = None
         self.retry: IDelayedCall | None = None
         self.running = False
         #: Why the pair last broke (or a dial failed), for operators.
@@ -120,7 +122,9 @@ class PeerSession:
         """A dial of ours failed: news (True) only if it is a dial the session waits for."""
         if factory is self.outgoing:
             self.outgoing = None
-        elif factory is not self._bulk_dial:
+        elif factory is self.bulk_dial:
+            self.bulk_dial = None
+        else:
             return False  # abandoned: the peer's link won, or the session it was for is gone
         self.machine.dialFailed(reason)
         return True
@@ -128,12 +132,7 @@ class PeerSession:
     def abandonOutgoing(self, why: str) -> None:
         """Give up our meta link being dialled (the peer's won, or we are going down)."""
         factory, self.outgoing = self.outgoing, None
-        if factory is None:
-            return
-        if factory.link is not None:
-            factory.link.abandon(why)
-        elif factory.connector is not None:
-            factory.connector.disconnect()
+        _abandon(factory, why)
 
     def adoptMeta(self, link: object) -> None:
         assert isinstance(link, LinkProtocol) and link.accepted is not None
@@ -145,14 +144,24 @@ class PeerSession:
         self.session = link.accepted.session
         self._table.linkUp(link, link.side)
         self._heartbeat.heard()
+        # The bulk link follows at once, or the pair is broken (its dial or handshake failed
+        # on either side): it may take as long as a link's handshake may.
+        self._linking = self._reactor.callLater(LinkProtocol.handshake_timeout,
+                                                self.machine.linkLost, "no bulk link came")
         if link.side is Side.CLIENT:
-            self._bulk_dial = self._dial(LinkRole.BULK)
+            self.bulk_dial = self._dial(LinkRole.BULK)
 
     def adoptBulk(self, link: object) -> None:
         assert isinstance(link, LinkProtocol)
-        self._bulk_dial = None
+        self.bulk_dial = None
+        self._stopLinking()
         self.bulk = link
         self._table.linkUp(link, link.side)
+
+    def _stopLinking(self) -> None:
+        if self._linking is not None and self._linking.active():
+            self._linking.cancel()
+        self._linking = None
 
     def dropLink(self, link: object, reason: str) -> None:
         assert isinstance(link, LinkProtocol)
@@ -176,19 +185,32 @@ class PeerSession:
         was = self.state
         self.last_error = reason
         self.abandonOutgoing(reason)
-        self._bulk_dial = None
+        bulk_dial, self.bulk_dial = self.bulk_dial, None
+        _abandon(bulk_dial, reason)
+        self._stopLinking()
         self._heartbeat.stop()
         links = [link for link in (self.meta, self.bulk) if link is not None]
         dropped = sum(link.writer.close() for link in links if link.writer is not None)
         self._table.counters.discarded_to_peer += dropped
         self._table.abortAll()
+        # Forgotten before they fail: their losses are no news of the next pair.
+        self.meta = self.bulk = None
         for link in links:
             link.fail(reason, goaway.encode() if goaway is not None else None)
         if dropped:
             self._log.info("connection {name}: discarded {dropped} buffered bytes not yet sent",
                            name=self._name, dropped=dropped)
-        self.meta = self.bulk = None
         self._budget.reset()
         if was != CONNECTING:
             self.reconnects += 1
             self.enter(CONNECTING, reason)
+
+
+def _abandon(factory: LinkClientFactory | None, why: str) -> None:
+    """Give up a dial of ours: its link if it connected, else the connect in progress."""
+    if factory is None:
+        return
+    if factory.link is not None:
+        factory.link.abandon(why)
+    elif factory.connector is not None:
+        factory.connector.disconnect()
