@@ -32,6 +32,8 @@ class StreamStatus:
     #: DRBD packets per type, what this DRBD wrote and what it was sent.
     packets_to_peer: Mapping[str, int] = field(default_factory=dict)
     packets_from_peer: Mapping[str, int] = field(default_factory=dict)
+    #: The stream as logs name it: ids are per link, so with the link's role ("bulk/2").
+    label: str = ""
 
 
 @dataclass(frozen=True)

@@ -168,7 +168,8 @@ def subconnections_table(statuses: Sequence[ConnectionStatus], meter: RateMeter,
     rows = []
     for c, s in _streams(statuses):
         r = meter.stream(c.name, s.kind, s.sid)
-        rows.append((c.name, s.kind, str(s.sid), s.peer, size(s.to_peer), size(s.to_peer_wire),
+        rows.append((c.name, s.kind, s.label or str(s.sid), s.peer, size(s.to_peer),
+                     size(s.to_peer_wire),
                      size(s.from_peer), size(s.from_peer_wire), _rate(size, r.to_peer),
                      _rate(size, r.from_peer), _rate(size, r.to_peer_wire),
                      _rate(size, r.from_peer_wire), _ratio(s.to_peer, s.to_peer_wire),
@@ -177,8 +178,8 @@ def subconnections_table(statuses: Sequence[ConnectionStatus], meter: RateMeter,
 
 
 def _stream_head(c: ConnectionStatus, s: StreamStatus) -> dict[str, Any]:
-    return {"connection": c.name, "socket": s.kind, "stream": s.sid, "drbd": s.peer,
-            "opaque": s.opaque}
+    return {"connection": c.name, "socket": s.kind, "stream": s.sid, "label": s.label,
+            "drbd": s.peer, "opaque": s.opaque}
 
 
 def subconnections_json(statuses: Sequence[ConnectionStatus], meter: RateMeter) -> list[str]:

@@ -271,7 +271,7 @@ class ProxyConnection(Service):
             link_cc=None if meta is None or meta.transport is None else congestion_control(
                 meta.transport), last_error=self.links.last_error, retry_in=self.links.retry_in,
             streams=tuple(StreamStatus(
-                kind=s.name, sid=s.sid, peer=s.peer, to_peer=s.to_peer,
+                kind=s.name, sid=s.sid, label=s.label, peer=s.peer, to_peer=s.to_peer,
                 to_peer_wire=s.to_peer_wire, from_peer=s.from_peer,
                 from_peer_wire=s.from_peer_wire, opaque=s.opaque,
                 packets_to_peer=dict(s.scan_to_peer.counts),
