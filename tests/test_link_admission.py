@@ -855,3 +855,32 @@ def test_teardown_gives_up_our_bulk_dial_in_progress() -> None:
     assert bulk_factory.connector._disconnected
     assert conn.links.bulk_dial is None
     conn.stopService()
+
+
+def test_connects_to_drbd_refused_for_a_while_are_a_warning_with_drbds_address(
+        monkeypatch: pytest.MonkeyPatch, warned: Logged) -> None:
+    """A connect to our DRBD that is refused (DRBD still connecting itself) is no warning; once
+    no connect has worked for 30 s, each refusal is one, with DRBD's address (rate-limited); a
+    connect that works starts the count again."""
+    env = make_env(monkeypatch, {"ping-timeout": 70})
+    sid = 1
+
+    def refused_open() -> None:
+        nonlocal sid
+        env.bulk.feed(Open(sid, StreamKind.DATA, Side.CLIENT))
+        sid += 2
+        connector = env.connects[-1]
+        connector.state = "disconnected"
+        connector.factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+
+    refused_open()
+    assert warned.lines("local DRBD") == []
+    env.tick(31)
+    refused_open()
+    (line,) = warned.lines("local DRBD")
+    assert "at 127.0.0.1:7788 " in line and "bulk/3" in line and "31 s without a connect" in line
+    env.bulk.feed(Open(sid, StreamKind.DATA, Side.CLIENT))
+    sid += 2
+    env.connects[-1].complete()
+    refused_open()
+    assert len(warned.lines("local DRBD")) == 1

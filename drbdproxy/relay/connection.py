@@ -30,7 +30,7 @@ from drbdproxy.relay.encoder import ChunkEncoder, codec_within
 from drbdproxy.relay.heartbeat import Heartbeat
 from drbdproxy.relay.lifecycle import CONNECTED, CONNECTING, PROXY_CONNECTED
 from drbdproxy.relay.links import LinkProtocol, LinkServerFactory
-from drbdproxy.relay.peerlinks import PeerLinks
+from drbdproxy.relay.peerlinks import UNREACHABLE_WARNING, PeerLinks
 from drbdproxy.relay.session import PeerSession
 from drbdproxy.relay.sockets import congestion_control, listen_shared
 from drbdproxy.relay.inside import InsideFactory
@@ -93,6 +93,7 @@ class ProxyConnection(Service):
         self.admission = LinkAdmission(spec.name, spec.connect_peer_outside[0], authenticated,
                                        link_allow, reactor)
         self._drbdFailures = Summarised(self._log, reactor)
+        self._drbd_failing_since: float | None = None
         self.table = StreamTable(self, reactor, lambda: self.spec.connect_drbd,
                                  lambda: self.spec.listen_inside, self.admission.refusals)
         self.heartbeat = Heartbeat(reactor, lambda: self.settings.ping_timeout, self._beat)
@@ -230,15 +231,24 @@ class ProxyConnection(Service):
 
     def tellPeerClosed(self, stream: Stream, reason: CloseReason, message: str = "") -> None:
         if reason is CloseReason.CONNECT_FAILED:
-            # Refused now and then while DRBD itself (re)connects; always, if this is no DRBD.
-            self._drbdFailures.warn(
-                "cannot connect to the local DRBD of {name} at {drbd} for stream {sid} of the"
-                " peer: {message} (is the resource up, and is this its address?)",
-                name=self.name, drbd=format_address(*self.spec.connect_drbd), sid=stream.label,
-                message=message)
+            self._drbdConnectFailed(stream, message)
         self.table.tellPeerClosed(stream, self.meta, reason, message)
 
+    def _drbdConnectFailed(self, stream: Stream, message: str) -> None:
+        # Refused now and then while DRBD itself (re)connects: news only once no connect to
+        # it has worked for a while (the resource is down, or this is not its address).
+        now = self._reactor.seconds()
+        if self._drbd_failing_since is None:
+            self._drbd_failing_since = now
+        failing = now - self._drbd_failing_since
+        emit = self._drbdFailures.warn if failing >= UNREACHABLE_WARNING else self._log.debug
+        emit("cannot connect to the local DRBD of {name} at {drbd} for stream {sid} of the peer"
+             " ({failing:.0f} s without a connect): {message} (is the resource up, and is this"
+             " its address?)", name=self.name, drbd=format_address(*self.spec.connect_drbd),
+             sid=stream.label, failing=failing, message=message)
+
     def streamAttached(self, stream: Stream) -> None:
+        self._drbd_failing_since = None
         self._log.info("DRBD {kind} socket {peer} of {name} relayed as stream {sid}",
                        kind=stream.name, peer=stream.peer, name=self.name, sid=stream.label)
         if self.table.relaying():
