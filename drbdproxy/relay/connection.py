@@ -21,7 +21,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IListeningPort
 
-from drbdproxy.admin.logs import Summarised, logger
+from drbdproxy.admin.logs import logger
 from drbdproxy.codecs import Codec
 from drbdproxy.link import CloseReason, GoAway, GoAwayReason, StreamKind
 from drbdproxy.relay.admission import LinkAdmission, Network, peer_names
@@ -30,7 +30,7 @@ from drbdproxy.relay.encoder import ChunkEncoder, codec_within
 from drbdproxy.relay.heartbeat import Heartbeat
 from drbdproxy.relay.lifecycle import CONNECTED, CONNECTING, PROXY_CONNECTED
 from drbdproxy.relay.links import LinkProtocol, LinkServerFactory
-from drbdproxy.relay.peerlinks import UNREACHABLE_WARNING, PeerLinks
+from drbdproxy.relay.peerlinks import PeerLinks
 from drbdproxy.relay.session import PeerSession
 from drbdproxy.relay.sockets import congestion_control, listen_shared
 from drbdproxy.relay.inside import InsideFactory
@@ -44,7 +44,6 @@ from drbdproxy.relay.streamtable import (
 )
 from drbdproxy.relay.tls import TlsConfig
 from drbdproxy.spec import ConnectionSpec, Settings
-from drbdproxy.units import format_address
 from drbdproxy.status import ConnectionStatus, StreamStatus
 
 __all__ = ["ProxyConnection", "State", "Network", "peer_names", "EARLY_DISCARDS",
@@ -92,8 +91,6 @@ class ProxyConnection(Service):
         authenticated = secret is not None or tls is not None
         self.admission = LinkAdmission(spec.name, spec.connect_peer_outside[0], authenticated,
                                        link_allow, reactor)
-        self._drbdFailures = Summarised(self._log, reactor)
-        self._drbd_failing_since: float | None = None
         self.table = StreamTable(self, reactor, lambda: self.spec.connect_drbd,
                                  lambda: self.spec.listen_inside, self.admission.refusals)
         self.heartbeat = Heartbeat(reactor, lambda: self.settings.ping_timeout, self._beat)
@@ -183,7 +180,7 @@ class ProxyConnection(Service):
         self.admission.refusals.stop()
         self.peer.stop()
         self._fullLog.stop()
-        self._drbdFailures.stop()
+        self.table.stop()
         self._log.info("connection {name} removed", name=self.name)
         super().stopService()
         return DeferredList(closed).addCallback(lambda _: None)
@@ -230,25 +227,10 @@ class ProxyConnection(Service):
         return None if link is None else self.table.open(link, kind, sock)
 
     def tellPeerClosed(self, stream: Stream, reason: CloseReason, message: str = "") -> None:
-        if reason is CloseReason.CONNECT_FAILED:
-            self._drbdConnectFailed(stream, message)
         self.table.tellPeerClosed(stream, self.meta, reason, message)
 
-    def _drbdConnectFailed(self, stream: Stream, message: str) -> None:
-        # Refused now and then while DRBD itself (re)connects: news only once no connect to
-        # it has worked for a while (the resource is down, or this is not its address).
-        now = self._reactor.seconds()
-        if self._drbd_failing_since is None:
-            self._drbd_failing_since = now
-        failing = now - self._drbd_failing_since
-        emit = self._drbdFailures.warn if failing >= UNREACHABLE_WARNING else self._log.debug
-        emit("cannot connect to the local DRBD of {name} at {drbd} for stream {sid} of the peer"
-             " ({failing:.0f} s without a connect): {message} (is the resource up, and is this"
-             " its address?)", name=self.name, drbd=format_address(*self.spec.connect_drbd),
-             sid=stream.label, failing=failing, message=message)
-
     def streamAttached(self, stream: Stream) -> None:
-        self._drbd_failing_since = None
+        self.table.attached()
         self._log.info("DRBD {kind} socket {peer} of {name} relayed as stream {sid}",
                        kind=stream.name, peer=stream.peer, name=self.name, sid=stream.label)
         if self.table.relaying():

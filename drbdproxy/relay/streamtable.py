@@ -21,6 +21,7 @@ from drbdproxy.link import (
     StreamKind,
 )
 from drbdproxy.relay.sockets import connect_from
+from drbdproxy.units import format_address
 from drbdproxy.relay.inside import DrbdConnectFactory
 from drbdproxy.relay.streams import (
     DrbdSocket,
@@ -41,6 +42,8 @@ MAX_UNREAD_OPENS = 64
 #: DISCARDs remembered for streams whose OPEN has not arrived yet (it may still be on its way on
 #: the bulk link, behind data, while the DISCARD came on the meta link).
 EARLY_DISCARDS = 256
+#: Seconds connects to our DRBD may fail before each failure is a warning.
+DRBD_UNREACHABLE_WARNING = 30.0
 
 _COUNTERS = ("to_peer", "to_peer_wire", "from_peer", "from_peer_wire")
 Key = tuple[StreamLink, int]
@@ -76,6 +79,8 @@ class StreamTable:
         self.streams: dict[Key, Stream] = {}
         self._links: dict[StreamLink, _LinkStreams] = {}
         self.counters = StreamCounters(owner.name)
+        self._drbdFailures = Summarised(self._log, reactor)
+        self._drbd_failing_since: float | None = None
 
     def __iter__(self) -> Iterator[Stream]:
         return iter(list(self.streams.values()))
@@ -107,12 +112,34 @@ class StreamTable:
         """Our DRBD socket of ``stream`` is gone (or never came up): CLOSE ends the stream on
         its link, and for a stream of the bulk link a DISCARD on the meta link gets there even
         while the peer is not reading the bulk link."""
+        if reason is CloseReason.CONNECT_FAILED:
+            self._drbdConnectFailed(stream, message)
         link = stream.link
         if link.writer is None:
             return
         link.writer.push(Close(stream.sid, reason, message).encode())
         if link is not meta and meta is not None and meta.writer is not None:
             meta.writer.writeNow(Discard(link.role or LinkRole.BULK, stream.sid, reason).encode())
+
+    def _drbdConnectFailed(self, stream: Stream, message: str) -> None:
+        # Refused now and then while DRBD itself (re)connects: news only once no connect to
+        # it has worked for a while (the resource is down, or this is not its address).
+        now = self._reactor.seconds()
+        if self._drbd_failing_since is None:
+            self._drbd_failing_since = now
+        failing = now - self._drbd_failing_since
+        emit = self._drbdFailures.warn if failing >= DRBD_UNREACHABLE_WARNING else self._log.debug
+        emit("cannot connect to the local DRBD of {name} at {drbd} for stream {sid} of the peer"
+             " ({failing:.0f} s without a connect): {message} (is the resource up, and is this"
+             " its address?)", name=self._owner.name, drbd=format_address(*self._drbd()),
+             sid=stream.label, failing=failing, message=message)
+
+    def attached(self) -> None:
+        """A DRBD socket came up: DRBD is there."""
+        self._drbd_failing_since = None
+
+    def stop(self) -> None:
+        self._drbdFailures.stop()
 
     def relaying(self) -> bool:
         """DRBD's data and meta sockets are both relayed."""
