@@ -40,6 +40,9 @@ class ProxyDaemon:
              "--control", f"unix:{self.socket}", *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             text=True, cwd=workdir,
+            # Its own process group: a Ctrl-C meant for the caller is not the daemon's, and
+            # the benchmarks count a relay's CPU by process group.
+            start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
