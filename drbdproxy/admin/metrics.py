@@ -41,13 +41,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from drbdproxy import __version__
-from drbdproxy.relay.connection import State
+from drbdproxy.relay.lifecycle import STATES
 from drbdproxy.status import ConnectionStatus, Totals
 from drbdproxy.admin.endpoints import check_endpoint as _check_endpoint
 
 DEFAULT_ENDPOINT = "tcp:9942:interface=127.0.0.1"
-#: Connection states, as ``ProxyConnection.state`` names them.
-STATES = (State.CONNECTING, State.PROXY_CONNECTED, State.CONNECTED)
 DIRECTIONS = ("to_peer", "from_peer")
 
 _log = Logger()

@@ -20,6 +20,8 @@ from drbdproxy.link import GoAway, RejectReason
 CONNECTING = "Connecting"
 PROXY_CONNECTED = "ProxyConnected"
 CONNECTED = "Connected"
+#: All of them, in the order a connection comes up.
+STATES = (CONNECTING, PROXY_CONNECTED, CONNECTED)
 
 
 class Lifecycle(Protocol):
