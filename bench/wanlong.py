@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -41,6 +42,11 @@ MiB = 1 << 20
 NS = ("wlA", "wlB")
 TIMEOUT_LINES = ("peer proxy timed out (ping-timeout)",
                  "stopped reading the control link (ping-timeout)")
+
+
+def timeout_lines(log: list[str]) -> list[str]:
+    """The lines of a daemon's log that say a link was dropped for its ping-timeout."""
+    return [x.strip() for x in log if any(t in x for t in TIMEOUT_LINES)]
 
 
 def link_ceiling(rate_bit: float, mtu: int = 1500) -> float:
@@ -112,18 +118,24 @@ def soak(seconds: float, rtt: str, loss: str) -> dict:
                      fwd_lost=sum(fwd[d]["lost"] for d in ("a_to_b", "b_to_a")),
                      fwd_pkts=sum(fwd[d]["pkts_in"] for d in ("a_to_b", "b_to_a")))
     for site, lines in logs.items():
-        res[f"{site}_timeouts"] = [x.strip() for x in lines if any(t in x for t in TIMEOUT_LINES)]
+        res[f"{site}_timeouts"] = timeout_lines(lines)
         res[f"{site}_states"] = [x.strip() for x in lines if " -> " in x and "connection r0" in x]
     res["ping_timeouts"] = len(res["alice_timeouts"]) + len(res["bob_timeouts"])
     return res
 
 
+def command() -> str:
+    return shlex.join([".venv/bin/python", *sys.argv])
+
+
 def report(args: argparse.Namespace, p4: list[dict], p6: dict[str, list[dict]],
-           soaked: dict | None) -> str:
-    out = [f"WAN: bench/wanem.py, 100 Mbit/s, {args.rtt} RTT, no loss (P4, P6); proxies alice in"
-           " namespace A and bob in B, lz4, drbd-sim protocol A, disk-like data, fresh daemons"
-           f" and a fresh WAN per run; {args.runs} run(s). Link ceiling = 100 Mbit/s x 1448/1500"
-           f" = {link_ceiling(100e6):.2f} MB/s of TCP goodput.", ""]
+           soaked: dict | None, cmd: str) -> str:
+    out = []
+    if p4 or p6:
+        out += [f"WAN: bench/wanem.py, 100 Mbit/s, {args.rtt} RTT, no loss; proxies alice in"
+                " namespace A and bob in B, lz4, drbd-sim protocol A, disk-like data, fresh"
+                f" daemons and a fresh WAN per run; {args.runs} run(s), interleaved. Link ceiling"
+                f" = 100 Mbit/s x 1448/1500 = {link_ceiling(100e6):.2f} MB/s of TCP goodput.", ""]
     if p4:
         w = [r["writer"] for r in p4]
         x = [r["writer"] / r["link"] for r in p4]
@@ -157,12 +169,14 @@ def report(args: argparse.Namespace, p4: list[dict], p6: dict[str, list[dict]],
                 " default ping-timeout (10 s; heartbeat every 2 s), a writer keeping the link"
                 f" full: {soaked['bytes'] / 1e9:.2f} GB replicated and verified"
                 f" ({soaked['goodput']:.1f} MB/s), the emulator dropped {soaked['fwd_lost']} of"
-                f" {soaked['fwd_pkts']} packets. **Ping-timeouts: {soaked['ping_timeouts']}**"
+                f" {soaked['fwd_pkts']} packets; DRBD's own P_PING (drbd-sim, end to end through"
+                f" the proxies) p50 {soaked['sim_ping_p50']:.0f} ms, max"
+                f" {soaked['sim_ping_max']:.0f} ms. **Ping-timeouts: {soaked['ping_timeouts']}**"
                 f" (log lines with `{TIMEOUT_LINES[0]}` or `{TIMEOUT_LINES[1]}` in alice's and"
                 f" bob's logs); reconnects alice {soaked['reconnects']['alice']}, bob"
                 f" {soaked['reconnects']['bob']}. State changes logged:", "", "```",
                 *(x for site in ("alice", "bob") for x in soaked[f"{site}_states"]), "```", ""]
-    out.append(f"Command: `{' '.join(['.venv/bin/python', *sys.argv])}`")
+    out.append(f"Command: `{cmd}`")
     return "\n".join(out)
 
 
@@ -179,7 +193,11 @@ def main() -> int:
     parser.add_argument("--soak-loss", default="1%")
     parser.add_argument("--out", default=str(HERE.parent / "docs" / "benchmarks.md"))
     parser.add_argument("--json", default=None, help="also write the raw results here")
+    parser.add_argument("--from-json", default=None,
+                        help="no measurement: write the sections from a --json file")
     args = parser.parse_args()
+    if args.from_json:
+        args.runs, args.soak = 0, 0
     if available():
         print(f"skipped: {available()}")
         return 0
@@ -199,17 +217,25 @@ def main() -> int:
                 p6[setup].append(r)
                 print(f"run {run + 1} P6 {setup}: p50 {r['p50']} ms, p99 {r['p99']} ms", flush=True)
     soaked = soak(args.soak, args.rtt, args.soak_loss) if args.soak else None
-    if soaked:
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        p4, p6, soaked = saved["p4"], saved["p6"], saved["soak"]
+        only = {k for k in ("p4", "p6") if saved[k] and (k != "p6" or any(saved[k].values()))}
+        args.runs = max([len(p4), *(len(v) for v in p6.values())])
+    elif soaked:
+        soaked["command"] = command()
         print(json.dumps(soaked, indent=1), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(dict(p4=p4, p6=p6, soak=soaked), indent=1))
+    if args.json and not args.from_json:
+        Path(args.json).write_text(json.dumps(dict(p4=p4, p6=p6, soak=soaked, command=command()),
+                                              indent=1))
     if p4 or any(p6.values()):
-        body = report(args, p4, p6 if "p6" in only else {}, None)
+        cmd = saved.get("command", "") if args.from_json else command()
+        body = report(args, p4, p6 if "p6" in only else {}, None, cmd)
         print(body)
         write_section(Path(args.out), "wan150", f"P4, P6 at {args.rtt} RTT over the WAN emulator",
                       body)
     if soaked:
-        body = report(args, [], {}, soaked)
+        body = report(args, [], {}, soaked, soaked.get("command") or command())
         print(body)
         write_section(Path(args.out), "wan-soak", "Ping-timeouts over a long lossy WAN", body)
     return 0
