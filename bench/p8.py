@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import wansites as ws  # noqa: E402
-from p8report import report  # noqa: E402
+from p8report import report, sndbuf_report  # noqa: E402
 from results import write_section  # noqa: E402
 from wanem import available, wan  # noqa: E402
 
@@ -48,6 +48,7 @@ NS = ("p8A", "p8B")
 HOST_CCS = ("cubic", "bbr")
 SETUPS = {"direct": None, "proxy, link-cc bbr": 0, "proxy, link-cc cubic": 1}
 TITLE = "P8: goodput over a long, lossy WAN (wanem)"
+SNDBUF_SETUP = "sndbuf-size/rcvbuf-size"
 ALLOWED = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
 
 
@@ -89,18 +90,22 @@ def measure(w, conn: int | None, actl: ws.Ctl | None, warmup: float, window: flo
 
 
 def one_wan(host_cc: str, rtt: float, losses: list[float], workdir: Path, warmup: float,
-            window: float, run: int) -> list[dict]:
+            window: float, run: int, sndbuf: str | None = None) -> list[dict]:
     """Every loss x setup of one host default and RTT, on one WAN with one proxy pair whose
     links persist from cell to cell, as a proxy's do."""
     out = []
     with wan("100mbit", f"{rtt:g}ms", 0, ns=NS, cc=host_cc) as w, contextlib.ExitStack() as stack:
         conns = [{"memlimit": "64M"}, {"memlimit": "64M", "link-cc": "cubic"}]
+        setups = dict(SETUPS)
+        if sndbuf:  # the bbr link again, its buffers set rather than autotuned
+            conns.append({"memlimit": "64M", "sndbuf-size": sndbuf, "rcvbuf-size": sndbuf})
+            setups = {"proxy, link-cc bbr": 0, f"proxy, link-cc bbr, {SNDBUF_SETUP} {sndbuf}": 2}
         _, actl = ws.start_site(stack, w, workdir, "alice", conns)
         _, bctl = ws.start_site(stack, w, workdir, "bob", conns)
         ws.wait_linked([(actl, "alice"), (bctl, "bob")], len(conns))
         for loss in losses:
             w.set(loss=f"{loss:g}%")
-            for setup, conn in SETUPS.items():
+            for setup, conn in setups.items():
                 try:
                     r = measure(w, conn, actl if conn is not None else None, warmup, window)
                 except (RuntimeError, AssertionError, KeyError, OSError) as e:
@@ -118,6 +123,17 @@ def one_wan(host_cc: str, rtt: float, losses: list[float], workdir: Path, warmup
                           f" {(snd.get('cwnd_bytes') or 0) / 1e6:.2f} MB, sndbuf"
                           f" {(snd.get('sndbuf_max') or 0) / 1e6:.2f} MB", flush=True)
     return out
+
+
+def publish(results: list[dict], args: argparse.Namespace, env: dict) -> None:
+    if any(SNDBUF_SETUP in r["setup"] for r in results):
+        body = sndbuf_report(results, args, env)
+        write_section(Path(args.out), "p8-sndbuf", "P8 aside: the link's send buffer at 150 ms",
+                      body)
+    else:
+        body = report(results, args, env)
+        write_section(Path(args.out), "p8", TITLE, body)
+    print(body)
 
 
 @contextlib.contextmanager
@@ -146,15 +162,16 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=8, help="s of goodput measured")
     parser.add_argument("--out", default=str(HERE.parent / "docs" / "benchmarks.md"))
     parser.add_argument("--img-dir", default=str(HERE.parent / "docs" / "img"))
+    parser.add_argument("--sndbuf", default=None,
+                        help="instead of the P8 setups: the bbr link with autotuned buffers vs"
+                             " with sndbuf-size and rcvbuf-size SIZE (section p8-sndbuf)")
     parser.add_argument("--json", default=None, help="also write the raw results here")
     parser.add_argument("--from-json", default=None,
                         help="no measurement: write the section from a --json file")
     args = parser.parse_args()
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
-        body = report(saved["results"], args, saved["env"])
-        write_section(Path(args.out), "p8", TITLE, body)
-        print(body)
+        publish(saved["results"], args, saved["env"])
         return 0
     if available():
         print(f"skipped: {available()}")
@@ -170,7 +187,7 @@ def main() -> int:
             for host_cc in args.host_ccs.split(","):
                 for rtt in rtts:
                     results += one_wan(host_cc, rtt, losses, Path(tmp), args.warmup,
-                                       args.window, run)
+                                       args.window, run, args.sndbuf)
             if args.json:  # what is done so far, should a later run fail
                 Path(args.json).write_text(json.dumps(dict(results=results), indent=1))
     env = dict(started=started, load=load, seconds=round(time.monotonic() - t0),
@@ -180,9 +197,7 @@ def main() -> int:
                rmem=Path("/proc/sys/net/ipv4/tcp_rmem").read_text().split())
     if args.json:
         Path(args.json).write_text(json.dumps(dict(results=results, env=env), indent=1))
-    body = report(results, args, env)
-    print(body)
-    write_section(Path(args.out), "p8", TITLE, body)
+    publish(results, args, env)
     return 1 if any("error" in r for r in results) else 0
 
 

@@ -131,6 +131,66 @@ def plot(cells: dict[tuple, list[dict]], host_ccs: list[str], rtts: list[float],
     return save_figure(fig, img_dir, "wan-p8-goodput.png")
 
 
+def mathis(rtt_ms: float, loss_pct: float, mss: int = 1448) -> float | None:
+    """One Reno/CUBIC-like TCP stream's bound under random loss, MB/s: MSS/RTT x 1.22/sqrt(p)."""
+    if not loss_pct:
+        return None
+    return mss / (rtt_ms / 1e3) * 1.22 / (loss_pct / 100) ** 0.5 / MB
+
+
+def findings(cells: dict[tuple, list[dict]], host_ccs: list[str], rtts: list[float],
+             losses: list[float]) -> list[str]:
+    """The table's gist, computed: P8 of the default link, direct vs proxy at the worst cell,
+    the cubic link against the one-stream bound, the send buffer at the longest RTT."""
+    out = []
+
+    def med(host: str, rtt: float, loss: float, setup: str, f: Any = lambda r: r["goodput"]
+            ) -> float | None:
+        return _med([f(r) for r in cells.get((host, rtt, loss, setup), [])])
+
+    for host in host_ccs:
+        p8s = [(med(host, rtt, loss, SETUPS[1], _p8), rtt, loss) for rtt in rtts
+               for loss in losses]
+        p8s = [x for x in p8s if x[0] is not None]
+        if p8s:
+            low = min(p8s)
+            out.append(f"- Hosts on {host.upper()}: P8 of the default (bbr) link is"
+                       f" {statistics.median(v for v, _, _ in p8s):.2f} over the cells (median),"
+                       f" lowest {low[0]:.2f} at {low[1]:g} ms / {low[2]:g} %.")
+    worst = (max(rtts), max(losses)) if rtts and losses else None
+    if worst:
+        rtt, loss = worst
+        parts = []
+        for host in host_ccs:
+            d, b = med(host, rtt, loss, SETUPS[0]), med(host, rtt, loss, SETUPS[1])
+            if d and b:
+                parts.append(f"{host.upper()} hosts: direct {d:.2f} MB/s, through the proxies"
+                             f" {b:.2f} MB/s ({b / d:.0f}×)")
+        if parts:
+            out.append(f"- At {rtt:g} ms and {loss:g} % loss: " + "; ".join(parts) + ".")
+        bound = mathis(rtt, loss)
+        c = [r for host in host_ccs for r in cells.get((host, rtt, loss, SETUPS[2]), [])]
+        wire = _med([r["goodput"] / r["ratio"] for r in c if r.get("ratio")])
+        if bound and wire is not None:
+            out.append(
+                f"- The cubic link at {rtt:g} ms / {loss:g} % carries {wire:.2f} MB/s on the wire"
+                f" (compressed); one CUBIC (or Reno) TCP stream is bounded by MSS/RTT ×"
+                f" 1.22/√p = {bound:.2f} MB/s there (Mathis et al.). The limit is the single TCP"
+                " connection that carries the bulk link: N parallel link connections would raise"
+                " the bound N-fold, which this proxy does not do (one bulk link per connection);"
+                " with BBR, the default, the link does not need it.")
+        snd = [r["snd"] for host in host_ccs for r in cells.get((host, rtt, loss, SETUPS[1]), [])]
+        tb = _med([s.get("sndbuf_max") for s in snd])
+        lim = _med([s.get("sndbuf_limited") for s in snd])
+        if tb and lim is not None:
+            out.append(f"- At {rtt:g} ms / {loss:g} % the bbr link's send buffer autotunes to"
+                       f" {tb / MB:.2f} MB (`tcp_wmem` max) and ss counts the link"
+                       f" send-buffer-limited {lim * 100:.0f} % of its busy time: BBR keeps up"
+                       " to 2 BDP in flight plus what loss recovery holds, more than 4 MB at"
+                       " 100 Mbit/s × 150 ms.")
+    return out
+
+
 def report(results: list[dict], args: argparse.Namespace, env: dict[str, Any]) -> str:
     cells = _cells(results)
     host_ccs = list(dict.fromkeys(r["host_cc"] for r in results))
@@ -161,6 +221,7 @@ def report(results: list[dict], args: argparse.Namespace, env: dict[str, Any]) -
         " cell with its same-run baseline rather than absolute figures.",
         "",
     ]
+    body += [*findings(cells, host_ccs, rtts, losses), ""]
     for host_cc in host_ccs:
         body += [f"Hosts' default **{host_cc.upper()}**:", "",
                  *goodput_table(cells, host_cc, rtts, losses), ""]
@@ -190,3 +251,32 @@ def report(results: list[dict], args: argparse.Namespace, env: dict[str, Any]) -
         f" python {env['python']}",
     ]
     return "\n".join(body)
+
+
+def sndbuf_report(results: list[dict], args: argparse.Namespace, env: dict[str, Any]) -> str:
+    """The bbr link with autotuned socket buffers vs with sndbuf-size/rcvbuf-size set."""
+    cells = _cells(results)
+    rows = ["| host cc | RTT | loss | setup | MB/s | **P8** | cwnd MB | in flight MB (max) |"
+            " sndbuf MB | send-buffer-limited | receiver rcvbuf MB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (host_cc, rtt, loss, setup), runs in sorted(cells.items()):
+        snd = [r["snd"] for r in runs]
+
+        def mb(key: str, snd: list[dict] = snd) -> str:
+            return _fmt(_med([(s.get(key) or 0) / MB for s in snd]))
+
+        lim = _med([s.get("sndbuf_limited") for s in snd])
+        rows.append(f"| {host_cc} | {rtt:g} ms | {loss:g} % | {setup} |"
+                    f" {_spread([r['goodput'] for r in runs])} | {_spread([_p8(r) for r in runs])} |"
+                    f" {mb('cwnd_bytes')} | {mb('inflight_max')} | {mb('sndbuf_max')} |"
+                    f" {'-' if lim is None else f'{lim * 100:.0f} %'} |"
+                    f" {_fmt(_med([(r['rcv'].get('rcvbuf_max') or 0) / MB for r in runs]))} |")
+    return "\n".join([
+        "The same measurement as P8 (below), on the proxies' bbr link only: its sockets with"
+        " the kernel's autotuned buffers (send buffer at most `tcp_wmem` max"
+        f" {int(env['wmem'][2]) / MB:.1f} MB here) against `set sndbuf-size NAME {args.sndbuf}`"
+        f" and `set rcvbuf-size NAME {args.sndbuf}` (SO_SNDBUF/SO_RCVBUF, which the kernel caps"
+        " at `net.core.wmem_max`/`rmem_max` and then doubles, and which switch autotuning off).",
+        "", *rows, "",
+        f"- date: {env['started']}; took {env['seconds']} s; command: `{env['command']}`",
+    ])

@@ -99,3 +99,11 @@ def test_report_gives_p8_as_goodput_over_ceiling_times_ratio(tmp_path):
     assert cells[8] == "0.01"  # 0.24 / 24
     # BDP: the ceiling back to the link rate (x 1500/1448), times 150 ms; cwnd 2 MB
     assert "| cubic | 150 ms | 1 % | direct | cubic | 1.86 | 2.00 |" in text
+
+
+def test_mathis_bound_of_one_stream():
+    """The one-stream bound the report holds the cubic link against: MSS/RTT x 1.22/sqrt(p),
+    0.118 MB/s at 150 ms and 1 % loss with a 1448-byte MSS; none without loss."""
+    assert p8report.mathis(150, 1) == pytest.approx(1448 / 0.15 * 1.22 / 0.1 / 1e6)
+    assert round(p8report.mathis(150, 1), 3) == 0.118
+    assert p8report.mathis(150, 0) is None
