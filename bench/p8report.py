@@ -196,12 +196,17 @@ def findings(cells: dict[tuple, list[dict]], host_ccs: list[str], rtts: list[flo
         snd = [r["snd"] for host in host_ccs for r in cells.get((host, rtt, loss, SETUPS[1]), [])]
         tb = _med([s.get("sndbuf_max") for s in snd])
         lim = _med([s.get("sndbuf_limited") for s in snd])
-        if tb and lim is not None:
-            out.append(f"- At {rtt:g} ms / {loss:g} % the bbr link's send buffer autotunes to"
-                       f" {tb / MB:.2f} MB (`tcp_wmem` max) and ss counts the link"
-                       f" send-buffer-limited {lim * 100:.0f} % of its busy time: BBR keeps up"
-                       " to 2 BDP in flight plus what loss recovery holds, more than 4 MB at"
-                       " 100 Mbit/s × 150 ms.")
+        cwnd = _med([s.get("cwnd_bytes") for s in snd])
+        per_loss = ", ".join(
+            f"{_fmt(_med([med(h, rtt, x, SETUPS[1], _p8) for h in host_ccs]))} at {x:g} %"
+            for x in losses)
+        if tb and lim is not None and cwnd:
+            out.append(f"- At {rtt:g} ms the bbr link reaches P8 {per_loss} (both host"
+                       f" defaults). Its send buffer autotunes to {tb / MB:.2f} MB (`tcp_wmem`"
+                       f" max) while BBR's cwnd is {cwnd / MB:.2f} MB (about 2 BDP); at"
+                       f" {loss:g} % ss counts the link send-buffer-limited {lim * 100:.0f} %"
+                       " of its busy time. The section after this one measures the same link"
+                       " with `set sndbuf-size`.")
     return out
 
 
@@ -271,7 +276,7 @@ def report(results: list[dict], args: argparse.Namespace, env: dict[str, Any]) -
 
 
 def sndbuf_report(results: list[dict], args: argparse.Namespace, env: dict[str, Any]) -> str:
-    """The bbr link with autotuned socket buffers vs with sndbuf-size/rcvbuf-size set."""
+    """The bbr link with an autotuned send buffer vs with sndbuf-size set."""
     cells = _cells(results)
     rows = ["| host cc | RTT | loss | setup | MB/s | **P8** | cwnd MB | in flight MB (max) |"
             " sndbuf MB | send-buffer-limited | receiver rcvbuf MB |",
@@ -289,11 +294,11 @@ def sndbuf_report(results: list[dict], args: argparse.Namespace, env: dict[str, 
                     f" {'-' if lim is None else f'{lim * 100:.0f} %'} |"
                     f" {_fmt(_med([(r['rcv'].get('rcvbuf_max') or 0) / MB for r in runs]))} |")
     return "\n".join([
-        "The same measurement as P8 (below), on the proxies' bbr link only: its sockets with"
-        " the kernel's autotuned buffers (send buffer at most `tcp_wmem` max"
-        f" {int(env['wmem'][2]) / MB:.1f} MB here) against `set sndbuf-size NAME {args.sndbuf}`"
-        f" and `set rcvbuf-size NAME {args.sndbuf}` (SO_SNDBUF/SO_RCVBUF, which the kernel caps"
-        " at `net.core.wmem_max`/`rmem_max` and then doubles, and which switch autotuning off).",
+        "The same measurement as P8, on the proxies' bbr link only: its sockets with the"
+        " kernel's autotuned send buffer (at most `tcp_wmem` max"
+        f" {int(env['wmem'][2]) / MB:.1f} MB here) against `set sndbuf-size NAME {env.get('sndbuf')}`"
+        " (SO_SNDBUF, which the kernel caps at `net.core.wmem_max` and then doubles, and which"
+        " switches the send side's autotuning off).",
         "", *rows, "",
         f"- date: {env['started']}; took {env['seconds']} s; command: `{env['command']}`",
     ])

@@ -21,8 +21,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import shlex
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,10 +90,18 @@ def run_p6(rtt: str, setup: str, size: str) -> dict:
             _, bctl = ws.start_site(stack, w, Path(tmp), "bob", [{"memlimit": "64M"}])
             ws.wait_linked([(actl, "alice"), (bctl, "bob")], 1)
             conn = 0
+        # ICMP pings across the same bottleneck meanwhile: the WAN's own queueing, no proxy.
+        icmp = subprocess.Popen([*w.exec_a, "ping", "-n", "-i", "0.2", w.b_ip],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        stack.callback(icmp.kill)
         primary, secondary = ws.sims(stack, w, conn, extra)
         p, _ = check_reports(primary, secondary, timeout=600)
+        icmp.send_signal(signal.SIGINT)
+        out = icmp.communicate(timeout=10)[0]
+        times = [float(x) for x in re.findall(r"time=([0-9.]+) ms", out)]
         return dict(p50=p["ping_rtt_ms"]["p50"], p99=p["ping_rtt_ms"]["p99"],
-                    max=p["ping_rtt_ms"]["max"], pings=p["pings"], mb_per_s=p["mb_per_s"])
+                    max=p["ping_rtt_ms"]["max"], pings=p["pings"], mb_per_s=p["mb_per_s"],
+                    icmp_p50=statistics.median(times) if times else None)
 
 
 def soak(seconds: float, rtt: str, loss: str) -> dict:
@@ -124,6 +135,11 @@ def soak(seconds: float, rtt: str, loss: str) -> dict:
     return res
 
 
+def _med_text(values: list) -> str:
+    vals = [v for v in values if v is not None]
+    return f"{statistics.median(vals):.1f}" if vals else "-"
+
+
 def command() -> str:
     return shlex.join([".venv/bin/python", *sys.argv])
 
@@ -150,14 +166,16 @@ def report(args: argparse.Namespace, p4: list[dict], p6: dict[str, list[dict]],
                 f"P4 target ≥ 20x: {'meets' if statistics.median(x) >= 20 else 'MISSES'} it.", ""]
     if p6:
         out += ["**P6** (DRBD P_PING round trip, pings every 0.2 s):", "",
-                "| setup | p50 ms (median of runs) | p99 ms | max ms | writer MB/s |",
-                "|---|---|---|---|---|"]
+                "| setup | p50 ms (median of runs) | p99 ms | max ms | writer MB/s |"
+                " ICMP ping across the WAN meanwhile, p50 ms |",
+                "|---|---|---|---|---|---|"]
         for setup, runs in p6.items():
             if runs:
                 out.append(f"| {setup} | {statistics.median(r['p50'] for r in runs):.1f} |"
                            f" {statistics.median(r['p99'] for r in runs):.1f} |"
                            f" {max(r['max'] for r in runs):.1f} |"
-                           f" {statistics.median(r['mb_per_s'] for r in runs):.1f} |")
+                           f" {statistics.median(r['mb_per_s'] for r in runs):.1f} |"
+                           f" {_med_text([r.get('icmp_p50') for r in runs])} |")
         if p6.get("proxy, idle") and p6.get("proxy, loaded"):
             idle = statistics.median(r["p50"] for r in p6["proxy, idle"])
             loaded = statistics.median(r["p50"] for r in p6["proxy, loaded"])
