@@ -6,8 +6,9 @@ connection), meta_first (P6 DRBD ping round trip under load through a shaped WAN
 goodput over a 100 Mbit/s link, P4 burst absorption, P5 memory under overload), p8 (goodput over
 the WAN emulator at RTT {1, 50, 150} ms x loss {0, 0.1, 1} %, hosts on CUBIC and on BBR, beside
 DRBD connected directly) and wanlong (P4 and P6 at 150 ms RTT over the WAN emulator); the WAN
-ones need root. ``bench/wanlong.py --soak 600`` (not run here) counts ping-timeouts over ten
-minutes at 150 ms and 1 % loss.
+ones need root. Not run here: ``bench/wanlong.py --only "" --soak 600`` counts ping-timeouts over
+ten minutes at 150 ms and 1 % loss, and ``bench/p8.py --sndbuf 4M --rtts 150 --losses 0,1``
+compares the link's autotuned send buffer with ``sndbuf-size``.
 """
 
 from __future__ import annotations
