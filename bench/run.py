@@ -2,9 +2,13 @@
 
 So far: throughput (P1 proxy vs two socat hops, P2 proxy with lz4 vs the codec's own speed),
 scale (P7 aggregate goodput of 64 connections on one proxy pair vs one, idle memory per
-connection), meta_first (P6 DRBD ping round trip under load through a shaped WAN) and wan (P3
-goodput over a 100 Mbit/s link, P4 burst absorption, P5 memory under overload); the WAN ones need
-root.
+connection), meta_first (P6 DRBD ping round trip under load through a shaped WAN), wan (P3
+goodput over a 100 Mbit/s link, P4 burst absorption, P5 memory under overload), p8 (goodput over
+the WAN emulator at RTT {1, 50, 150} ms x loss {0, 0.1, 1} %, hosts on CUBIC and on BBR, beside
+DRBD connected directly) and wanlong (P4 and P6 at 150 ms RTT over the WAN emulator); the WAN
+ones need root. Not run here: ``bench/wanlong.py --only "" --soak 600`` counts ping-timeouts over
+ten minutes at 150 ms and 1 % loss, and ``bench/p8.py --sndbuf 4M --rtts 150 --losses 0,1``
+compares the link's autotuned send buffer with ``sndbuf-size``.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["throughput.py", "scale.py", "meta_first.py", "wan.py"]
+SCRIPTS = ["throughput.py", "scale.py", "meta_first.py", "wan.py", "p8.py", "wanlong.py"]
 
 
 def main() -> int:
