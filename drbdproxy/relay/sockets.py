@@ -80,6 +80,21 @@ def tune_transport(transport: Any, read_size: int = TRANSPORT_BUFFER) -> None:
     transport.SEND_LIMIT = TRANSPORT_BUFFER
 
 
+#: Linux's SO_SNDBUFFORCE and SO_RCVBUFFORCE (Python names neither): what root may ask for
+#: beyond net.core.wmem_max / rmem_max, which are 208 KiB on a stock kernel while a link at
+#: 150 ms needs megabytes (docs/benchmarks.md, P8 with sndbuf-size).
+_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33
+
+
+def set_buffer(handle: Any, force: int, plain: int, size: int) -> None:
+    """Ask for a socket buffer of ``size`` bytes: past the sysctl cap where we may (root),
+    else as far as the cap allows."""
+    try:
+        handle.setsockopt(socket.SOL_SOCKET, force, size)
+    except OSError:  # not root (EPERM), or a kernel without it
+        handle.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
 def os_socket(transport: Any) -> Any:
     """The OS socket under a link's transport: a TLS transport's own handle is its OpenSSL
     connection, the socket is its TCP transport's."""
@@ -101,10 +116,11 @@ class LinkSocketTuning:
 
     def tune(self, transport: Any, options: dict[str, Any], cc: str) -> None:
         handle = os_socket(transport)
-        for option, level in (("sndbuf-size", socket.SO_SNDBUF), ("rcvbuf-size", socket.SO_RCVBUF)):
+        for option, (force, plain) in (("sndbuf-size", (_SO_SNDBUFFORCE, socket.SO_SNDBUF)),
+                                       ("rcvbuf-size", (_SO_RCVBUFFORCE, socket.SO_RCVBUF))):
             size = options.get(option, 0)
             if size > 0:
-                handle.setsockopt(socket.SOL_SOCKET, level, size)
+                set_buffer(handle, force, plain, size)
         self.congestionControl(handle, cc, asked="link-cc" in options)
 
     def retune(self, transports: list[Any], cc: str, asked: bool) -> None:
