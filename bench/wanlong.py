@@ -11,7 +11,7 @@ bob in B, lz4, memlimit 512M for P4, 64M otherwise) and drbd-sim, protocol A, di
 - ``--soak S``: S seconds at 150 ms and 1 % loss through a proxy pair with default heartbeat
   and ping-timeout settings and a writer that keeps the link full; counts the daemons' log lines
   that say a link timed out (``peer proxy timed out (ping-timeout)``, ``stopped reading the
-  control link (ping-timeout)``) and every state change away from ProxyConnected.
+  meta link (ping-timeout)``) and every state change away from ProxyConnected.
 
 Usage (root): .venv/bin/python bench/wanlong.py [--runs 3] [--only p4,p6] [--soak 600]
 """
@@ -44,7 +44,7 @@ from drbdproxy.units import parse_size  # noqa: E402
 MiB = 1 << 20
 NS = ("wlA", "wlB")
 TIMEOUT_LINES = ("peer proxy timed out (ping-timeout)",
-                 "stopped reading the control link (ping-timeout)")
+                 "stopped reading the meta link (ping-timeout)")
 
 
 def timeout_lines(log: list[str]) -> list[str]:

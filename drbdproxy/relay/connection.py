@@ -208,6 +208,7 @@ class ProxyConnection(Service):
 
     def _beat(self, now: float) -> None:
         self._checkPausedDrbd()
+        self.peer.growSendBuffer()
         if self.bulk is not None and self.bulk.writer is not None:
             busy = self.bulk.writer.queued > 0
             self.drain.sample(now, self.bulk.writer.sent, busy)

@@ -35,7 +35,7 @@ from drbdproxy.relay.budget import Budget
 from drbdproxy.relay.heartbeat import Heartbeat
 from drbdproxy.relay.links import LinkClientFactory, LinkProtocol
 from drbdproxy.relay.session import PeerSession
-from drbdproxy.relay.sockets import LinkSocketTuning
+from drbdproxy.relay.sockets import LinkSocketTuning, SendBufferGrowth, os_socket
 from drbdproxy.relay.streamtable import StreamTable
 from drbdproxy.relay.tls import TlsConfig, check_peer
 from drbdproxy.spec import ConnectionSpec, Settings
@@ -84,6 +84,8 @@ class PeerLinks:
         self._tuning = LinkSocketTuning(connection.name, self._log)
         self._unreachable_since: float | None = None
         self._selfDial = False
+        self._growth: SendBufferGrowth | None = None
+        self._growth_link: LinkProtocol | None = None
 
     def stop(self) -> None:
         self._dialFailures.stop()
@@ -142,6 +144,21 @@ class PeerLinks:
     def tuneLinkSocket(self, transport: Any) -> None:
         settings = self._conn.settings
         self._tuning.tune(transport, settings.options, settings.link_cc)
+
+    def growSendBuffer(self) -> None:
+        """Each heartbeat: the bulk link's send buffer grows while it limits the link, unless
+        sndbuf-size fixes it (up to memlimit, between 8 and 64 MiB)."""
+        conn = self._conn
+        bulk = conn.bulk
+        if bulk is None or bulk.transport is None or "sndbuf-size" in conn.settings.options:
+            return
+        if self._growth is None or self._growth_link is not bulk:
+            self._growth, self._growth_link = SendBufferGrowth(), bulk
+        ceiling = min(max(conn.settings.memlimit, 8 << 20), 64 << 20)
+        grown = self._growth.look(os_socket(bulk.transport), ceiling)
+        if grown is not None:
+            self._log.info("bulk link of {name}: its send buffer limited it; now {size} bytes",
+                           name=conn.name, size=grown)
 
     def retune(self) -> None:
         """link-cc changed: the live links get it now."""

@@ -12,6 +12,7 @@ ephemeral port on the inside IP.
 from __future__ import annotations
 
 import socket
+import struct
 from typing import Any
 
 from twisted.internet import tcp
@@ -151,3 +152,47 @@ def congestion_control(transport: Any) -> str | None:
     except (AttributeError, OSError):
         return None
     return bytes(name).split(b"\0", 1)[0].decode("ascii", "replace")
+
+
+#: struct tcp_info (linux/tcp.h, Linux 4.10 on): tcpi_busy_time and, 16 bytes on,
+#: tcpi_sndbuf_limited, both in microseconds.
+_TCPI_BUSY_TIME, _TCPI_SNDBUF_LIMITED, _TCPI_SIZE = 168, 184, 192
+
+
+class SendBufferGrowth:
+    """Grows a bulk link socket's send buffer while the kernel says that buffer is what limits
+    the link: its autotuning stops at ``net.ipv4.tcp_wmem``'s maximum (4 MiB by default), less
+    than a fast link with a long round trip keeps in flight (P8 at 150 ms: 0.72-0.86 of the
+    link's rate). Doubles at most once per look, up to ``ceiling``; root only, since below root
+    the cap (``net.core.wmem_max``) is smaller than what autotuning already gives."""
+
+    def __init__(self) -> None:
+        self._last: tuple[int, int] | None = None
+        self.gave_up = False
+
+    def look(self, handle: Any, ceiling: int) -> int | None:
+        """Sample the socket; the new send buffer (bytes) if it grew, else None."""
+        if self.gave_up:
+            return None
+        try:
+            info = handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_SIZE)
+        except OSError:
+            return None
+        if len(info) < _TCPI_SIZE:
+            self.gave_up = True  # a kernel before 4.10 does not say
+            return None
+        (busy,) = struct.unpack_from("=Q", info, _TCPI_BUSY_TIME)
+        (limited,) = struct.unpack_from("=Q", info, _TCPI_SNDBUF_LIMITED)
+        last, self._last = self._last, (busy, limited)
+        if last is None or busy - last[0] <= 0 or (limited - last[1]) * 10 < busy - last[0]:
+            return None  # limited by the buffer for less than a tenth of the busy time
+        current = handle.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        if current >= ceiling:
+            return None
+        try:
+            # The kernel doubles what it is given: asking for the current size doubles it.
+            handle.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, min(current, ceiling // 2))
+        except OSError:
+            self.gave_up = True
+            return None
+        return int(handle.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
