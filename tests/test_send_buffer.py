@@ -24,6 +24,7 @@ class Handle:
         self.sndbuf = sndbuf
         self.root = root
         self.busy = self.limited = 0
+        self.in_flight = 0  # bytes, as unacked segments of 1000
         self.info_size = 192
 
     def getsockopt(self, level: int, option: int, size: int = 0) -> bytes | int:
@@ -33,6 +34,8 @@ class Handle:
         assert (level, option) == (socket.IPPROTO_TCP, socket.TCP_INFO)
         info = bytearray(self.info_size)
         if self.info_size >= 192:
+            struct.pack_into("=I", info, 16, 1000)  # tcpi_snd_mss
+            struct.pack_into("=I", info, 24, self.in_flight // 1000)  # tcpi_unacked
             struct.pack_into("=Q", info, 168, self.busy)
             struct.pack_into("=Q", info, 184, self.limited)
         return bytes(info)
@@ -62,6 +65,20 @@ def test_the_buffer_doubles_while_it_limits_the_link_and_stops_at_the_ceiling() 
     assert growth.look(handle, ceiling) == 16 << 20
     handle.run(busy=1_000_000, limited=1_000_000)
     assert growth.look(handle, ceiling) is None and handle.sndbuf == 16 << 20
+
+
+def test_the_buffer_doubles_while_it_is_mostly_in_flight() -> None:
+    """Without loss the kernel may not count the link as send-buffer-limited while its window
+    fills the buffer: half of the buffer in flight while busy doubles it too; a third of it in
+    flight does not."""
+    handle, growth = Handle(), SendBufferGrowth()
+    growth.look(handle, 64 << 20)
+    handle.in_flight = 1_400_000  # a third of 4 MiB
+    handle.run(busy=1_000_000, limited=0)
+    assert growth.look(handle, 64 << 20) is None
+    handle.in_flight = 2_100_000  # half of 4 MiB
+    handle.run(busy=1_000_000, limited=0)
+    assert growth.look(handle, 64 << 20) == 8 << 20
 
 
 def test_an_idle_link_or_an_old_kernel_or_no_root_never_shrinks_or_touches_it() -> None:

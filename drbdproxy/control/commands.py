@@ -150,7 +150,8 @@ OPTIONS: Mapping[str, OptionSpec] = {
         OptionSpec("bwlimit", "RATE", parse_rate, "live",
                    "link bandwidth limit, bytes/s with k/M/G (0 = none)"),
         OptionSpec("sndbuf-size", "SIZE", _size(0), "on reconnect",
-                   "link socket send buffer (0 = auto)"),
+                   "link socket send buffer (0 = auto: the kernel's, grown as root while it"
+                   " limits a long link)"),
         OptionSpec("rcvbuf-size", "SIZE", _size(0), "on reconnect",
                    "link socket receive buffer (0 = auto)"),
         OptionSpec("ping-timeout", "TENTHS", _integer("ping-timeout", 1), "live",

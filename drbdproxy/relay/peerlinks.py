@@ -147,10 +147,10 @@ class PeerLinks:
 
     def growSendBuffer(self) -> None:
         """Each heartbeat: the bulk link's send buffer grows while it limits the link, unless
-        sndbuf-size fixes it (up to memlimit, between 8 and 64 MiB)."""
+        sndbuf-size fixes it (0, the default, is auto; up to memlimit, between 8 and 64 MiB)."""
         conn = self._conn
         bulk = conn.bulk
-        if bulk is None or bulk.transport is None or "sndbuf-size" in conn.settings.options:
+        if bulk is None or bulk.transport is None or conn.settings.options.get("sndbuf-size", 0):
             return
         if self._growth is None or self._growth_link is not bulk:
             self._growth, self._growth_link = SendBufferGrowth(), bulk

@@ -154,17 +154,21 @@ def congestion_control(transport: Any) -> str | None:
     return bytes(name).split(b"\0", 1)[0].decode("ascii", "replace")
 
 
-#: struct tcp_info (linux/tcp.h, Linux 4.10 on): tcpi_busy_time and, 16 bytes on,
-#: tcpi_sndbuf_limited, both in microseconds.
+#: struct tcp_info (linux/tcp.h, Linux 4.10 on): tcpi_snd_mss and tcpi_unacked (u32), and
+#: tcpi_busy_time and tcpi_sndbuf_limited (u64, microseconds).
+_TCPI_SND_MSS, _TCPI_UNACKED = 16, 24
 _TCPI_BUSY_TIME, _TCPI_SNDBUF_LIMITED, _TCPI_SIZE = 168, 184, 192
 
 
 class SendBufferGrowth:
-    """Grows a bulk link socket's send buffer while the kernel says that buffer is what limits
-    the link: its autotuning stops at ``net.ipv4.tcp_wmem``'s maximum (4 MiB by default), less
-    than a fast link with a long round trip keeps in flight (P8 at 150 ms: 0.72-0.86 of the
-    link's rate). Doubles at most once per look, up to ``ceiling``; root only, since below root
-    the cap (``net.core.wmem_max``) is smaller than what autotuning already gives."""
+    """Grows a bulk link socket's send buffer while that buffer is what limits the link: its
+    autotuning stops at ``net.ipv4.tcp_wmem``'s maximum (4 MiB by default), less than a fast
+    link with a long round trip keeps in flight (P8 at 150 ms: 0.72-0.86 of the link's rate).
+    The kernel says so (send-buffer-limited for a tenth of the busy time or more), or half the
+    buffer is in flight while the link is busy: at 150 ms the kernel did not count the limit
+    without loss, where a window that big was what held the link back (docs/benchmarks.md). Doubles
+    at most once per look, up to ``ceiling``; root only, since below root the cap
+    (``net.core.wmem_max``) is smaller than what autotuning already gives."""
 
     def __init__(self) -> None:
         self._last: tuple[int, int] | None = None
@@ -184,10 +188,14 @@ class SendBufferGrowth:
         (busy,) = struct.unpack_from("=Q", info, _TCPI_BUSY_TIME)
         (limited,) = struct.unpack_from("=Q", info, _TCPI_SNDBUF_LIMITED)
         last, self._last = self._last, (busy, limited)
-        if last is None or busy - last[0] <= 0 or (limited - last[1]) * 10 < busy - last[0]:
-            return None  # limited by the buffer for less than a tenth of the busy time
+        if last is None or busy - last[0] <= 0:
+            return None  # idle since the last look
         current = handle.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-        if current >= ceiling:
+        (mss,) = struct.unpack_from("=I", info, _TCPI_SND_MSS)
+        (unacked,) = struct.unpack_from("=I", info, _TCPI_UNACKED)
+        said = (limited - last[1]) * 10 >= busy - last[0]
+        full = unacked * mss * 2 >= current
+        if current >= ceiling or not (said or full):
             return None
         try:
             # The kernel doubles what it is given: asking for the current size doubles it.
