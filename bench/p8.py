@@ -132,7 +132,9 @@ def publish(results: list[dict], args: argparse.Namespace, env: dict) -> None:
                       body)
     else:
         body = report(results, args, env)
-        write_section(Path(args.out), "p8", TITLE, body)
+        section = args.section or "p8"
+        title = args.title or (TITLE if section == "p8" else f"{TITLE}: {section}")
+        write_section(Path(args.out), section, title, body)
     print(body)
 
 
@@ -166,6 +168,9 @@ def main() -> int:
                         help="instead of the P8 setups: the bbr link with an autotuned send"
                              " buffer vs with sndbuf-size SIZE (section p8-sndbuf)")
     parser.add_argument("--json", default=None, help="also write the raw results here")
+    parser.add_argument("--section", default=None,
+                        help="the section of --out to write (default p8), e.g. for a partial run")
+    parser.add_argument("--title", default=None, help="the section's heading")
     parser.add_argument("--from-json", default=None,
                         help="no measurement: write the section from a --json file")
     args = parser.parse_args()

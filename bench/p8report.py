@@ -113,7 +113,7 @@ def _shorter(cells: dict[tuple, list[dict]], rtts: list[float]) -> list[str]:
 
 
 def plot(cells: dict[tuple, list[dict]], host_ccs: list[str], rtts: list[float],
-         losses: list[float], img_dir: Path) -> Path | None:
+         losses: list[float], img_dir: Path, name: str = "wan-p8-goodput.png") -> Path | None:
     plt = pyplot()
     if plt is None:
         return None
@@ -142,7 +142,7 @@ def plot(cells: dict[tuple, list[dict]], host_ccs: list[str], rtts: list[float],
     for ax in axes[0]:
         ax.legend(fontsize=7, loc="upper center", ncol=3)
     fig.suptitle("P8: drbd-sim replication over a 100 Mbit/s WAN (RTT / loss), median of runs")
-    return save_figure(fig, img_dir, "wan-p8-goodput.png")
+    return save_figure(fig, img_dir, name)
 
 
 def mathis(rtt_ms: float, loss_pct: float, mss: int = 1448) -> float | None:
@@ -202,11 +202,11 @@ def findings(cells: dict[tuple, list[dict]], host_ccs: list[str], rtts: list[flo
             for x in losses)
         if tb and lim is not None and cwnd:
             out.append(f"- At {rtt:g} ms the bbr link reaches P8 {per_loss} (both host"
-                       f" defaults). Its send buffer autotunes to {tb / MB:.2f} MB (`tcp_wmem`"
-                       f" max) while BBR's cwnd is {cwnd / MB:.2f} MB (about 2 BDP); at"
-                       f" {loss:g} % ss counts the link send-buffer-limited {lim * 100:.0f} %"
-                       " of its busy time. The section after this one measures the same link"
-                       " with `set sndbuf-size`.")
+                       f" defaults). Its send buffer is {tb / MB:.2f} MB (the kernel autotunes it"
+                       " up to `tcp_wmem` max, and the proxy, as root, grows it past that while it"
+                       f" limits the link) while BBR's cwnd is {cwnd / MB:.2f} MB (about 2 BDP);"
+                       f" at {loss:g} % ss counts the link send-buffer-limited"
+                       f" {lim * 100:.0f} % of its busy time.")
     return out
 
 
@@ -244,7 +244,10 @@ def report(results: list[dict], args: argparse.Namespace, env: dict[str, Any]) -
     for host_cc in host_ccs:
         body += [f"Hosts' default **{host_cc.upper()}**:", "",
                  *goodput_table(cells, host_cc, rtts, losses), ""]
-    image = plot(cells, host_ccs, rtts, losses, Path(args.img_dir))
+    # A partial run (--section) gets a plot of its own, beside the full grid's.
+    slug = "".join(c if c.isalnum() else "-" for c in (getattr(args, "section", None) or ""))
+    image = plot(cells, host_ccs, rtts, losses, Path(args.img_dir),
+                 f"wan-p8-{slug}-goodput.png" if slug else "wan-p8-goodput.png")
     if image is not None:
         body += [f"![P8 goodput]({os.path.relpath(image, Path(args.out).parent)})", ""]
     body += [
