@@ -40,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import wansites as ws  # noqa: E402
+from wan import wait_linked  # noqa: E402
 from p8report import report, sndbuf_report  # noqa: E402
 from results import write_section  # noqa: E402
 from wanem import available, wan  # noqa: E402
@@ -102,7 +103,7 @@ def one_wan(host_cc: str, rtt: float, losses: list[float], workdir: Path, warmup
             setups = {"proxy, link-cc bbr": 0, f"proxy, link-cc bbr, {SNDBUF_SETUP} {sndbuf}": 2}
         _, actl = ws.start_site(stack, w, workdir, "alice", conns)
         _, bctl = ws.start_site(stack, w, workdir, "bob", conns)
-        ws.wait_linked([(actl, "alice"), (bctl, "bob")], len(conns))
+        wait_linked([(actl, "alice"), (bctl, "bob")], len(conns))
         for loss in losses:
             w.set(loss=f"{loss:g}%")
             for setup, conn in setups.items():

@@ -217,7 +217,7 @@ def start_site(stack: contextlib.ExitStack, wan: Wan, workdir: Path, site: str, 
     return d, ctl
 
 
-def wait_linked(ctls: list[tuple[Control, str]], conns: int) -> None:
+def wait_linked(ctls: list[tuple[Control, str]], conns: int, timeout: float = 60) -> None:
     def linked() -> bool:
         for ctl, site in ctls:
             s = ctl.stats()
@@ -226,7 +226,7 @@ def wait_linked(ctls: list[tuple[Control, str]], conns: int) -> None:
                     return False
         return True
 
-    wait_until(linked, "the proxies to link over the WAN", timeout=60)
+    wait_until(linked, "the proxies to link over the WAN", timeout=timeout)
 
 
 def sim_pair(stack: contextlib.ExitStack, wan: Wan, setup: str, i: int, sim_extra: list[str],

@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE))
 
 import wansites as ws  # noqa: E402
 from results import write_section  # noqa: E402
-from wan import check_reports, progress_curve, time_to_reach  # noqa: E402
+from wan import check_reports, progress_curve, time_to_reach, wait_linked  # noqa: E402
 from wanem import available, wan  # noqa: E402
 
 from drbdproxy.units import parse_size  # noqa: E402
@@ -64,7 +64,7 @@ def run_p4(rtt: str, size: str, memlimit: str) -> dict:
             contextlib.ExitStack() as stack:
         _, actl = ws.start_site(stack, w, Path(tmp), "alice", [{"memlimit": memlimit}])
         _, bctl = ws.start_site(stack, w, Path(tmp), "bob", [{"memlimit": memlimit}])
-        ws.wait_linked([(actl, "alice"), (bctl, "bob")], 1)
+        wait_linked([(actl, "alice"), (bctl, "bob")], 1)
         primary, secondary = ws.sims(stack, w, 0, ["--size", size], ["--progress", "0.05"])
         p, s = check_reports(primary, secondary, timeout=600)
         st = actl.stats()
@@ -88,7 +88,7 @@ def run_p6(rtt: str, setup: str, size: str) -> dict:
         if setup != "direct":
             _, actl = ws.start_site(stack, w, Path(tmp), "alice", [{"memlimit": "64M"}])
             _, bctl = ws.start_site(stack, w, Path(tmp), "bob", [{"memlimit": "64M"}])
-            ws.wait_linked([(actl, "alice"), (bctl, "bob")], 1)
+            wait_linked([(actl, "alice"), (bctl, "bob")], 1)
             conn = 0
         # ICMP pings across the same bottleneck meanwhile: the WAN's own queueing, no proxy.
         icmp = subprocess.Popen([*w.exec_a, "ping", "-n", "-i", "0.2", w.b_ip],
@@ -111,7 +111,7 @@ def soak(seconds: float, rtt: str, loss: str) -> dict:
             contextlib.ExitStack() as stack:
         alice, actl = ws.start_site(stack, w, Path(tmp), "alice", [{"memlimit": "64M"}])
         bob, bctl = ws.start_site(stack, w, Path(tmp), "bob", [{"memlimit": "64M"}])
-        ws.wait_linked([(actl, "alice"), (bctl, "bob")], 1)
+        wait_linked([(actl, "alice"), (bctl, "bob")], 1)
         t0 = time.monotonic()
         primary, secondary = ws.sims(stack, w, 0, ["--duration", f"{seconds:g}", "--progress",
                                                    "10"])

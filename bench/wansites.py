@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
-from daemon import Daemon, wait_until  # noqa: E402
+from daemon import Daemon  # noqa: E402
 from wan import Control, Sampler, TimedSim, stop_daemon  # noqa: E402
 from wanem import WanEm  # noqa: E402
 
@@ -78,18 +78,6 @@ def start_site(stack: contextlib.ExitStack, w: WanEm, workdir: Path, site: str,
     ctl = Ctl(d.socket)
     stack.callback(ctl.close)
     return d, ctl
-
-
-def wait_linked(ctls: list[tuple[Control, str]], conns: int, timeout: float = 60) -> None:
-    def linked() -> bool:
-        for ctl, site in ctls:
-            s = ctl.stats()
-            for i in range(conns):
-                if s.get(f"{conn_name(i, site)}.state") not in ("ProxyConnected", "Connected"):
-                    return False
-        return True
-
-    wait_until(linked, "the proxies to link over the WAN", timeout=timeout)
 
 
 def sims(stack: contextlib.ExitStack, w: WanEm, conn: int | None, extra: list[str],

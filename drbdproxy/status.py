@@ -37,6 +37,28 @@ class StreamStatus:
 
 
 @dataclass(frozen=True)
+class StreamTraffic:
+    """What one DRBD socket carried so far, raw and on the link."""
+
+    kind: str
+    sid: int
+    to_peer: int
+    to_peer_wire: int
+    from_peer: int
+    from_peer_wire: int
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Just the byte counters of a connection: what rates are measured from, every second,
+    without the rest of a status snapshot (packet counts, socket options, sorting)."""
+
+    name: str
+    totals: Totals
+    streams: tuple[StreamTraffic, ...]
+
+
+@dataclass(frozen=True)
 class ConnectionStatus:
     """One proxied DRBD connection."""
 

@@ -11,8 +11,11 @@ import socket
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 BIN = Path(sys.executable).parent
 
@@ -149,3 +152,42 @@ def tcp_sockets_of(pid: int) -> list[tuple[int, int, str]]:
                 local, remote = (int(a.rsplit(":", 1)[1], 16) for a in fields[1:3])
                 found.append((local, remote, fields[3]))
     return found
+
+
+class Logged:
+    """drbdproxy's log events at ``minimum`` or louder while a test runs; with ``clock`` set,
+    each event records that clock's time as ``clock``."""
+
+    def __init__(self, minimum: LogLevel = LogLevel.warn) -> None:
+        self.minimum = minimum
+        self.events: list[dict[str, Any]] = []
+        #: Each event as text, as it came.
+        self.texts: list[str] = []
+        self.clock: Any = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event.get("log_namespace", "").startswith("drbdproxy") \
+                and event.get("log_level", LogLevel.debug) >= self.minimum:
+            if self.clock is not None:
+                event = dict(event, clock=self.clock.seconds())
+            self.events.append(event)
+            self.texts.append(formatEvent(event))
+
+    def lines(self, containing: str = "") -> list[str]:
+        return [text for text in map(formatEvent, self.events) if containing in text]
+
+
+@contextmanager
+def logged(minimum: LogLevel = LogLevel.warn) -> Iterator[Logged]:
+    """Collect drbdproxy's events at ``minimum`` or louder, with the daemon's level at info."""
+    from drbdproxy.admin import logs
+
+    before = logs.level()
+    logs.set_level("info")
+    observer = Logged(minimum)
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield observer
+    finally:
+        globalLogPublisher.removeObserver(observer)
+        logs.set_level(before)

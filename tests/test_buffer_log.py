@@ -3,13 +3,14 @@ regime, and while the buffer stays full, a summary every 10 s an operator can ac
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel
 
-from drbdproxy.admin import logs
+from helpers import logged
+
 from drbdproxy.relay.budget import Budget, BufferFullLog, DrainRate
 
 pytestmark = pytest.mark.unit
@@ -20,20 +21,8 @@ MEMLIMIT = 1 << 20
 @pytest.fixture
 def info() -> Iterator[list[str]]:
     """drbdproxy's info (and louder) log lines while the test runs."""
-    before = logs.level()
-    logs.set_level("info")
-    lines: list[str] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if event.get("log_namespace", "").startswith("drbdproxy") \
-                and event.get("log_level", LogLevel.debug) >= LogLevel.info:
-            lines.append(formatEvent(event))
-    globalLogPublisher.addObserver(observe)
-    try:
-        yield lines
-    finally:
-        globalLogPublisher.removeObserver(observe)
-        logs.set_level(before)
+    with logged(LogLevel.info) as events:
+        yield events.texts
 
 
 def full_buffer() -> tuple[Clock, Budget, DrainRate, BufferFullLog]:

@@ -180,13 +180,13 @@ def test_the_registry_samples_rates_every_interval():
     clock = Clock()
     registry = ConnectionRegistry(clock, memory=G)
     snapshots = [status(stream("data", 1, 0, 0)), status(stream("data", 1, 5 * M, M))]
-    registry.status = lambda: [snapshots[0]]  # type: ignore[method-assign]
+    registry.traffic = lambda: [snapshots[0]]  # type: ignore[method-assign]
     registry.startService()
     try:
         snapshots.pop(0)
         clock.advance(RATE_INTERVAL)
         assert registry.rates.connection("r0-bob-alice").to_peer == 5 * M
-        registry.status = lambda: []  # type: ignore[method-assign]
+        registry.traffic = lambda: []  # type: ignore[method-assign]
         clock.advance(RATE_INTERVAL)
         assert registry.rates.tracked == set()
     finally:

@@ -18,10 +18,9 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError, UserError
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from drbdproxy.admin import logs
 from drbdproxy.relay.connection import (
     MAX_DRBD_CONNECTS,
     MAX_STREAMS_PER_LINK,
@@ -60,6 +59,7 @@ from drbdproxy.relay.links import (
     LinkServerFactory,
 )
 
+from helpers import Logged, logged
 from test_relay_units import (
     NAME,
     PeerLink,
@@ -125,36 +125,10 @@ def peer_link(conn: ProxyConnection, role: LinkRole, session: bytes,
     return PeerLink(link, transport, decoder)
 
 
-class Logged:
-    """Warnings (and worse) logged by drbdproxy while the test runs; with ``clock`` set, each
-    event records that clock's time as ``clock``."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.clock: Any = None
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        if event.get("log_namespace", "").startswith("drbdproxy") \
-                and event.get("log_level", LogLevel.debug) >= LogLevel.warn:
-            if self.clock is not None:
-                event = dict(event, clock=self.clock.seconds())
-            self.events.append(event)
-
-    def lines(self, containing: str = "") -> list[str]:
-        return [text for text in map(formatEvent, self.events) if containing in text]
-
-
 @pytest.fixture
 def warned() -> Iterator[Logged]:
-    before = logs.level()
-    logs.set_level("info")
-    logged = Logged()
-    globalLogPublisher.addObserver(logged)
-    try:
-        yield logged
-    finally:
-        globalLogPublisher.removeObserver(logged)
-        logs.set_level(before)
+    with logged(LogLevel.warn) as events:
+        yield events
 
 
 def advance(reactor: MemoryReactorClock, seconds: float, step: float = 0.125) -> None:

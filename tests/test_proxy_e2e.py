@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+from pathlib import Path
+
 import pytest
 
 from daemon import ProxyPair
@@ -70,59 +74,38 @@ def test_ipv6_end_to_end(tmp_path, sims):
         pair.stop()
 
 
-def test_socket_buffer_options_apply_to_link_sockets():
-    """sndbuf-size and rcvbuf-size are set on each new link socket."""
-    import socket
-
+def tuned_link_socket(options: dict[str, int]) -> socket.socket:
+    """A socket as a connection with ``options`` tunes each new link socket."""
     from drbdproxy.relay.connection import ProxyConnection
     from drbdproxy.spec import ConnectionSpec
 
     spec = ConnectionSpec("r0", ("127.0.0.1", 1), ("127.0.0.1", 2), ("127.0.0.1", 3),
-                          ("127.0.0.1", 4), {"sndbuf-size": 1 << 20, "rcvbuf-size": 512 << 10})
-    conn = ProxyConnection(spec, reactor=None, encoder=None)
+                          ("127.0.0.1", 4), options)
+    sock = socket.socket()
 
     class Transport:
-        def __init__(self) -> None:
-            self.sock = socket.socket()
+        def getHandle(self) -> socket.socket:
+            return sock
 
-        def getHandle(self):
-            return self.sock
+    ProxyConnection(spec, reactor=None, encoder=None).peer.tuneLinkSocket(Transport())
+    return sock
 
-    t = Transport()
-    conn.peer.tuneLinkSocket(t)
-    # Linux doubles the value it is given, for its own bookkeeping.
-    assert t.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= 1 << 20
-    assert t.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 512 << 10
-    t.sock.close()
+
+def test_socket_buffer_options_apply_to_link_sockets():
+    """sndbuf-size and rcvbuf-size are set on each new link socket."""
+    with tuned_link_socket({"sndbuf-size": 1 << 20, "rcvbuf-size": 512 << 10}) as sock:
+        # Linux doubles the value it is given, for its own bookkeeping.
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= 1 << 20
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 512 << 10
 
 
 def test_root_gets_link_buffers_beyond_the_sysctl_cap():
     """As root, sndbuf-size and rcvbuf-size are honoured past net.core.wmem_max/rmem_max (a
     stock kernel caps them at 208 KiB, far below what a long link needs)."""
-    import os
-    import socket
-    from pathlib import Path
-
-    from drbdproxy.relay.connection import ProxyConnection
-    from drbdproxy.spec import ConnectionSpec
-
     if os.geteuid() != 0:
         pytest.skip("only root may set socket buffers beyond the sysctl caps")
     caps = [int(Path(f"/proc/sys/net/core/{n}_max").read_text()) for n in ("wmem", "rmem")]
     want = 4 * max(caps)  # beyond what the cap allows even after the kernel doubles it
-    spec = ConnectionSpec("r0", ("127.0.0.1", 1), ("127.0.0.1", 2), ("127.0.0.1", 3),
-                          ("127.0.0.1", 4), {"sndbuf-size": want, "rcvbuf-size": want})
-    conn = ProxyConnection(spec, reactor=None, encoder=None)
-
-    class Transport:
-        def __init__(self) -> None:
-            self.sock = socket.socket()
-
-        def getHandle(self):
-            return self.sock
-
-    t = Transport()
-    conn.peer.tuneLinkSocket(t)
-    assert t.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= want
-    assert t.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= want
-    t.sock.close()
+    with tuned_link_socket({"sndbuf-size": want, "rcvbuf-size": want}) as sock:
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= want
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= want

@@ -17,6 +17,7 @@ import wanlong  # noqa: E402
 import wansites  # noqa: E402
 from daemon import Daemon, wait_until  # noqa: E402
 from wanem import available, wan  # noqa: E402
+from wan import wait_linked  # noqa: E402
 
 pytestmark = [
     pytest.mark.skipif(available() is not None, reason=str(available())),
@@ -37,7 +38,7 @@ def test_a_silent_link_is_logged_with_the_line_the_soak_counts(tmp_path):
         conns = [{"ping-timeout": "10"}]  # tenths of a second, as drbd.conf gives it
         alice, actl = wansites.start_site(stack, w, tmp_path, "alice", conns)
         bob, bctl = wansites.start_site(stack, w, tmp_path, "bob", conns)
-        wansites.wait_linked([(actl, "alice"), (bctl, "bob")], 1)
+        wait_linked([(actl, "alice"), (bctl, "bob")], 1)
         assert _timeouts(alice, bob) == []
         w.set(loss="100%")
         wait_until(lambda: _timeouts(alice, bob), "a ping-timeout in the logs", timeout=30)

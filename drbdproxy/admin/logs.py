@@ -44,6 +44,29 @@ def level() -> str:
     return next(name for name, value in LEVELS.items() if value is current)
 
 
+class Persisting:
+    """Failures that are normal for a while (a peer proxy still starting, DRBD connecting
+    itself) and a problem once they go on: :meth:`failed` says for how long they have, and
+    whether that is past ``grace`` seconds without a success (:meth:`ok`)."""
+
+    def __init__(self, clock: Any, grace: float = 30.0) -> None:
+        self._clock = clock
+        self.grace = grace
+        self._since: float | None = None
+
+    def failed(self) -> tuple[float, bool]:
+        """Seconds since the first failure after the last success (0 for that first one), and
+        whether they are past the grace."""
+        now = self._clock.seconds()
+        if self._since is None:
+            self._since = now
+        failing = now - self._since
+        return failing, failing >= self.grace
+
+    def ok(self) -> None:
+        self._since = None
+
+
 class Summarised:
     """Log the first of a kind of event at once, then at most one summary per ``interval``
     seconds saying how many more came and what the last one was: a remote host that repeats

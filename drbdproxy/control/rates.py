@@ -8,9 +8,9 @@ interval. Only what the latest sample holds is kept, so memory follows the live 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Protocol, Sequence
 
-from drbdproxy.status import ConnectionStatus
+from drbdproxy.status import Totals
 
 #: Seconds between samples: the rates are averages over this long.
 RATE_INTERVAL = 1.0
@@ -36,7 +36,35 @@ class Rates:
 UNKNOWN = Rates()
 
 
-def connection_counters(status: ConnectionStatus) -> _Counters:
+class StreamCounts(Protocol):
+    """A DRBD socket's byte counters (a StreamStatus or a StreamTraffic)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def sid(self) -> int: ...
+    @property
+    def to_peer(self) -> int: ...
+    @property
+    def to_peer_wire(self) -> int: ...
+    @property
+    def from_peer(self) -> int: ...
+    @property
+    def from_peer_wire(self) -> int: ...
+
+
+class Counts(Protocol):
+    """A connection's byte counters (a ConnectionStatus, or the lighter Traffic)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def totals(self) -> Totals: ...
+    @property
+    def streams(self) -> Sequence[StreamCounts]: ...
+
+
+def connection_counters(status: Counts) -> _Counters:
     """A connection's byte counters over all its DRBD sockets, closed ones included."""
     sums = [0, 0, 0, 0]
     for counters in status.totals.values():
@@ -45,7 +73,7 @@ def connection_counters(status: ConnectionStatus) -> _Counters:
     return sums[0], sums[1], sums[2], sums[3]
 
 
-def compression_ratio(status: ConnectionStatus) -> float | None:
+def compression_ratio(status: Counts) -> float | None:
     """Raw bytes DRBD wrote per byte on the link, so far; None before any byte was sent."""
     raw, wire, _, _ = connection_counters(status)
     return raw / wire if wire else None
@@ -58,7 +86,7 @@ class RateMeter:
         self._last: dict[_Key, tuple[float, _Counters]] = {}
         self._rates: dict[_Key, Rates] = {}
 
-    def sample(self, now: float, statuses: Iterable[ConnectionStatus]) -> None:
+    def sample(self, now: float, statuses: Iterable[Counts]) -> None:
         """Take one sample of ``statuses`` at time ``now`` (seconds); forget what is gone."""
         seen: dict[_Key, _Counters] = {}
         for c in statuses:

@@ -14,7 +14,7 @@ from drbdproxy import __version__
 from drbdproxy.admin import logs
 from drbdproxy.codecs import PluginError, parse_plugin
 from drbdproxy.relay.connection import Network, ProxyConnection
-from drbdproxy.status import ConnectionStatus
+from drbdproxy.status import ConnectionStatus, Traffic
 from drbdproxy.spec import ConnectionSpec
 from drbdproxy.control.interface import ControlError, IProxyControl
 from drbdproxy.admin.logs import logger
@@ -81,7 +81,7 @@ class ConnectionRegistry(MultiService):
 
     def _sampleRates(self) -> None:
         try:
-            self.rates.sample(self._reactor.seconds(), self.status())
+            self.rates.sample(self._reactor.seconds(), self.traffic())
         except Exception:
             # One bad snapshot must not stop the rates for good (a LoopingCall that raises stops).
             self._log.failure("rates not measured this time")
@@ -224,6 +224,10 @@ class ConnectionRegistry(MultiService):
     def status(self) -> list[ConnectionStatus]:
         """Every connection as it is now, by name: what every view renders."""
         return [c.status() for c in self.connections_by_name]
+
+    def traffic(self) -> list[Traffic]:
+        """Every connection's byte counters, for the rates."""
+        return [c.traffic() for c in self.connections_by_name]
 
     def memusage(self, human: bool, as_json: bool = False) -> Iterable[str]:
         if as_json:

@@ -44,7 +44,7 @@ from drbdproxy.relay.streamtable import (
 )
 from drbdproxy.relay.tls import TlsConfig
 from drbdproxy.spec import ConnectionSpec, Settings
-from drbdproxy.status import ConnectionStatus, StreamStatus
+from drbdproxy.status import ConnectionStatus, StreamStatus, Traffic
 
 __all__ = ["ProxyConnection", "State", "Network", "peer_names", "EARLY_DISCARDS",
            "MAX_DRBD_CONNECTS", "MAX_STREAMS_PER_LINK", "MAX_UNREAD_OPENS"]
@@ -97,7 +97,7 @@ class ProxyConnection(Service):
         self.peer = PeerLinks(self)
         self.links = PeerSession(self.peer, spec, reactor, rng or random.Random(),
                                  self.peer.hello, self.peer.connect, self.table, self.heartbeat,
-                                 self.budget, authenticated)
+                                 self.budget, authenticated, lambda: bool(self.running))
 
     # -- what the parts hold ---------------------------------------------------------------------
     @property
@@ -167,14 +167,12 @@ class ProxyConnection(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.links.running = True
         self.links.machine.start()
 
     def stopService(self) -> Deferred[Any]:
         """Say GOAWAY on both links and close them; fires once they are closed (within
         ping-timeout whatever the peer does)."""
         closed = [link.whenClosed() for link in (self.meta, self.bulk) if link is not None]
-        self.links.running = False
         self.links.machine.stop(GoAway(GoAwayReason.CONNECTION_REMOVED, ""))
         self.unbind()
         self.admission.refusals.stop()
@@ -243,6 +241,10 @@ class ProxyConnection(Service):
             self._checkPausedDrbd()
         if not self.table.relaying():
             self.links.machine.drbdLost()
+
+    def traffic(self) -> Traffic:
+        """Only the byte counters, for the rates sampled every second."""
+        return self.table.traffic()
 
     # -- counters --------------------------------------------------------------------------------
     def status(self) -> ConnectionStatus:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from drbdproxy.admin.logs import Summarised, logger
+from drbdproxy.admin.logs import Persisting, Summarised, logger
 from drbdproxy.codecs import CodecId
 from drbdproxy.link import (
     Accepted,
@@ -41,8 +41,6 @@ from drbdproxy.relay.tls import TlsConfig, check_peer
 from drbdproxy.spec import ConnectionSpec, Settings
 from drbdproxy.units import format_address
 
-#: Seconds the peer proxy may be unreachable before each failed dial is a warning.
-UNREACHABLE_WARNING = 30.0
 #: Every codec this proxy can decompress, announced in the handshake.
 DECODABLE = tuple(int(c) for c in CodecId)
 
@@ -82,7 +80,7 @@ class PeerLinks:
         self.clock = connection.clock
         self._dialFailures = Summarised(self._log, self.clock)
         self._tuning = LinkSocketTuning(connection.name, self._log)
-        self._unreachable_since: float | None = None
+        self._unreachable = Persisting(self.clock)
         self._selfDial = False
         self._growth: SendBufferGrowth | None = None
         self._growth_link: LinkProtocol | None = None
@@ -181,13 +179,10 @@ class PeerLinks:
             return
         # Proxies start one after the other: a peer not there yet is news, not a problem,
         # until it stays away.
-        now = self.clock.seconds()
-        if self._unreachable_since is None:
-            self._unreachable_since = now
-        away = now - self._unreachable_since
+        away, persists = self._unreachable.failed()
         fields = dict(name=conn.name, reason=message, away=away,
                       peer=format_address(*conn.spec.connect_peer_outside))
-        if away >= UNREACHABLE_WARNING:
+        if persists:
             self._dialFailures.warn("cannot reach the peer proxy of {name} at {peer} for"
                                     " {away:.0f} s: {reason}", **fields)
         elif away == 0:
@@ -197,7 +192,7 @@ class PeerLinks:
     def linkUp(self, link: LinkProtocol, accepted: Accepted) -> None:
         conn = self._conn
         if accepted.role is LinkRole.META:
-            self._unreachable_since = None
+            self._unreachable.ok()
             if conn.meta is not None:
                 self._log.warn("a new meta link of {name} from {source} replaces the live one",
                                name=conn.name, source=link.source)

@@ -46,7 +46,7 @@ class PeerSession:
                  handshake: Callable[[LinkRole, bytes], ClientHandshake], connect: Callable[
                      [str, int, LinkClientFactory, tuple[str, int] | None], Any],
                  table: StreamTable, heartbeat: Heartbeat, budget: Budget,
-                 authenticated: bool) -> None:
+                 authenticated: bool, running: Callable[[], bool]) -> None:
         self._owner = owner
         self._name = spec.name
         self._spec = spec
@@ -57,6 +57,8 @@ class PeerSession:
         self._heartbeat = heartbeat
         self._budget = budget
         self._authenticated = authenticated
+        #: Whether the connection's service runs: only then is a dial scheduled.
+        self._owner_running = running
         self.backoff = Backoff(rng)
         self.state = CONNECTING
         self.reconnects = 0
@@ -71,7 +73,6 @@ class PeerSession:
         self.bulk_dial: LinkClientFactory | None = None
         self._linking: IDelayedCall | None = None
         self.retry: IDelayedCall | None = None
-        self.running = False
         #: Why the pair last broke (or a dial failed), for operators.
         self.last_error: str | None = None
         self.machine: Lifecycle = new_lifecycle(self)
@@ -85,7 +86,7 @@ class PeerSession:
         self.state = state
 
     def scheduleDial(self, delay: float | None) -> None:
-        if not self.running or (self.retry is not None and self.retry.active()):
+        if not self._owner_running() or (self.retry is not None and self.retry.active()):
             return
         if delay is None:
             delay = self.backoff.next()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable, Iterable, Iterator
 
-from drbdproxy.admin.logs import Summarised, logger
+from drbdproxy.admin.logs import Persisting, Summarised, logger
 from drbdproxy.link import (
     Close,
     CloseReason,
@@ -21,6 +21,7 @@ from drbdproxy.link import (
     StreamKind,
 )
 from drbdproxy.relay.sockets import connect_from
+from drbdproxy.status import StreamTraffic, Traffic
 from drbdproxy.units import format_address
 from drbdproxy.relay.inside import DrbdConnectFactory
 from drbdproxy.relay.streams import (
@@ -42,8 +43,6 @@ MAX_UNREAD_OPENS = 64
 #: DISCARDs remembered for streams whose OPEN has not arrived yet (it may still be on its way on
 #: the bulk link, behind data, while the DISCARD came on the meta link).
 EARLY_DISCARDS = 256
-#: Seconds connects to our DRBD may fail before each failure is a warning.
-DRBD_UNREACHABLE_WARNING = 30.0
 
 _COUNTERS = ("to_peer", "to_peer_wire", "from_peer", "from_peer_wire")
 Key = tuple[StreamLink, int]
@@ -80,7 +79,7 @@ class StreamTable:
         self._links: dict[StreamLink, _LinkStreams] = {}
         self.counters = StreamCounters(owner.name)
         self._drbdFailures = Summarised(self._log, reactor)
-        self._drbd_failing_since: float | None = None
+        self._drbdFailing = Persisting(reactor)
 
     def __iter__(self) -> Iterator[Stream]:
         return iter(list(self.streams.values()))
@@ -124,11 +123,8 @@ class StreamTable:
     def _drbdConnectFailed(self, stream: Stream, message: str) -> None:
         # Refused now and then while DRBD itself (re)connects: news only once no connect to
         # it has worked for a while (the resource is down, or this is not its address).
-        now = self._reactor.seconds()
-        if self._drbd_failing_since is None:
-            self._drbd_failing_since = now
-        failing = now - self._drbd_failing_since
-        emit = self._drbdFailures.warn if failing >= DRBD_UNREACHABLE_WARNING else self._log.debug
+        failing, persists = self._drbdFailing.failed()
+        emit = self._drbdFailures.warn if persists else self._log.debug
         emit("cannot connect to the local DRBD of {name} at {drbd} for stream {sid} of the peer"
              " ({failing:.0f} s without a connect): {message} (is the resource up, and is this"
              " its address?)", name=self._owner.name, drbd=format_address(*self._drbd()),
@@ -136,10 +132,17 @@ class StreamTable:
 
     def attached(self) -> None:
         """A DRBD socket came up: DRBD is there."""
-        self._drbd_failing_since = None
+        self._drbdFailing.ok()
 
     def stop(self) -> None:
         self._drbdFailures.stop()
+
+    def traffic(self) -> Traffic:
+        """The byte counters of the connection and of each live DRBD socket."""
+        live = list(self.streams.values())
+        return Traffic(self._owner.name, self.counters.totals(live), tuple(
+            StreamTraffic(s.name, s.sid, s.to_peer, s.to_peer_wire, s.from_peer,
+                          s.from_peer_wire) for s in live))
 
     def relaying(self) -> bool:
         """DRBD's data and meta sockets are both relayed."""
