@@ -339,3 +339,23 @@ def test_adjust_keeps_compression_set_by_the_compression_option(daemon, tmp_path
     stats = daemon.ctl("print", "statistics", check=True).stdout
     codec = "lz4" if compression == "on" else "zstd"
     assert f"{site.conn_name}.codec {codec}" in stats, stats
+
+
+@pytest.mark.parametrize("v84", MODES)
+def test_plugin_auto_is_set_up_and_adjusted_by_drbdadm(daemon, tmp_path, v84):
+    """`plugin { auto; }` in drbd.conf: proxy-up gives the connection plugin auto (starting on
+    lz4), adjust finds nothing to change, and an edit to `auto max-level 6` is applied in place
+    by `set plugin` and then converges."""
+    site = Site(tmp_path, daemon, v84)
+    site.write(proxy_section("64M", ["auto"]))
+    site.run("proxy-up", site.res)
+    site.assert_converged()
+    assert site.settings() == ("64M", ["auto"])
+    stats = daemon.ctl("print", "statistics", check=True).stdout
+    assert f"{site.conn_name}.codec auto:lz4" in stats, stats
+    site.write(proxy_section("64M", ["auto max-level 6"]))
+    commands = site.adjust()
+    assert f"set plugin {site.conn_name} 0 auto max-level 6" in commands, commands
+    assert f"del connection {site.conn_name}" not in commands
+    assert site.settings() == ("64M", ["auto max-level 6"])
+    site.assert_converged()

@@ -15,6 +15,8 @@ disappears. Metrics, all labelled ``connection``:
 - ``drbdproxy_discarded_bytes_total{direction}`` counter: DRBD bytes thrown away because their
   socket or session closed (``to_peer``: read but never sent; ``from_peer``: received but never
   written to DRBD)
+- ``drbdproxy_codec{codec}`` gauge: 1, labelled with what compresses now (``lz4-acceleration-1``,
+  or plugin auto's current choice, ``auto:zstd-3``)
 - ``drbdproxy_link_rtt_seconds`` gauge: last heartbeat round trip (absent before the first)
 - ``drbdproxy_bytes_total{socket,direction}`` counter: DRBD bytes, uncompressed
 - ``drbdproxy_wire_bytes_total{socket,direction}`` counter: the same on the proxy-to-proxy link
@@ -74,6 +76,8 @@ def _families() -> dict[str, _Family]:
         c("drbdproxy_reconnects", "Proxy-to-proxy link re-establishments", labels=conn),
         c("drbdproxy_discarded_bytes", "DRBD bytes discarded because their socket closed",
           labels=["connection", "direction"]),
+        g("drbdproxy_codec", "What compresses the connection's data now: 1",
+          labels=["connection", "codec"]),
         g("drbdproxy_link_rtt_seconds", "Last heartbeat round trip to the peer proxy",
           labels=conn),
         c("drbdproxy_bytes", "DRBD bytes relayed, uncompressed", labels=sock),
@@ -111,6 +115,7 @@ def _add_connection(f: dict[str, _Family], c: ConnectionStatus) -> None:
     f["drbdproxy_drbd_read_pauses"].add_metric([name], c.read_pauses)
     f["drbdproxy_drbd_sockets"].add_metric([name], len(c.streams))
     f["drbdproxy_reconnects"].add_metric([name], c.reconnects)
+    f["drbdproxy_codec"].add_metric([name, c.codec.replace(" ", "-")], 1)
     for direction, count in zip(DIRECTIONS, (c.discarded_to_peer, c.discarded_from_peer)):
         f["drbdproxy_discarded_bytes"].add_metric([name, direction], count)
     if c.link_rtt_ms is not None:

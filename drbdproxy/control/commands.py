@@ -268,7 +268,8 @@ TABLE: tuple[Entry, ...] = (
         for o in OPTIONS.values()
     ),
     Entry(("set plugin",), (_NAME, Param("IDX", _integer("index", 0))), SetPlugin,
-          "compression plugin IDX: lz4|zstd|zlib level N, lzma ..., none; END truncates"
+          "compression plugin IDX: lz4|zstd|zlib level N, lzma ..., none, auto [max-level N]"
+          " (picks none, lz4 or zstd while it runs); END truncates"
           " the list there (applies live at the next chunk)",
           tail=Tail("WORDS...|END", _plugin_words, minimum=1)),
     Entry(("set loglevel",), (Param("LEVEL", _loglevel),), SetLoglevel,

@@ -141,6 +141,7 @@ def memusage_lines(statuses: Sequence[ConnectionStatus], human: bool) -> list[st
         fill = format_drbd_size(congestion_fill(c.memlimit, ratio), unit=True)
         lines.append(f"{c.name}: buffered {size(c.buffered)} memlimit {size(c.memlimit)}"
                      f" peak {size(c.buffered_peak)} drbd-reads {reads} drain-time {drain_text}"
+                     f" codec {c.codec.replace(' ', '-')}"
                      f" compression-ratio {f'{ratio:.2f}' if ratio else '-'}"
                      f" congestion-fill {fill}")
         if drain is not None and drain > KO_SECONDS:

@@ -23,10 +23,11 @@ from twisted.internet.interfaces import IListeningPort
 
 from drbdproxy.admin.logs import logger
 from drbdproxy.codecs import Codec
+from drbdproxy.relay.compression import Compression
 from drbdproxy.link import CloseReason, GoAway, GoAwayReason, StreamKind
 from drbdproxy.relay.admission import LinkAdmission, Network, peer_names
 from drbdproxy.relay.budget import Budget, BufferFullLog, DrainRate
-from drbdproxy.relay.encoder import ChunkEncoder, codec_within
+from drbdproxy.relay.encoder import ChunkEncoder
 from drbdproxy.relay.heartbeat import Heartbeat
 from drbdproxy.relay.lifecycle import CONNECTED, CONNECTING, PROXY_CONNECTED
 from drbdproxy.relay.links import LinkProtocol, LinkServerFactory
@@ -87,7 +88,8 @@ class ProxyConnection(Service):
         self._bwlimit = self.settings.options.get("bwlimit", 0)
         self.drain.reset(self._bwlimit)
         self._ports: list[IListeningPort] = []
-        self._codec: Codec | None = None
+        self.compression = Compression(spec.name, reactor, encoder, self)
+        self.compression.reset(self.settings.effective_plugins, None, self._bwlimit)
         authenticated = secret is not None or tls is not None
         self.admission = LinkAdmission(spec.name, spec.connect_peer_outside[0], authenticated,
                                        link_allow, reactor)
@@ -119,22 +121,32 @@ class ProxyConnection(Service):
     # -- settings --------------------------------------------------------------------------------
     @property
     def codec(self) -> Codec:
-        if self._codec is None:
-            accepted = self.bulk.accepted if self.bulk is not None else None
-            self._codec = codec_within(self.name, self.settings.effective_plugins, accepted)
-        return self._codec
+        return self.compression.codec
 
     def settingsChanged(self) -> None:
         """Apply settings live: memlimit at once, a new codec from the next chunk on, link-cc,
         bwlimit (and the drain rate is measured afresh under it)."""
-        self._codec = None
         self.budget.setLimit(self.settings.memlimit)
         self.peer.retune()
         bwlimit = self.settings.options.get("bwlimit", 0)
         if bwlimit != self._bwlimit:
             self._bwlimit = bwlimit
             self.drain.reset(bwlimit)
+        self._chooseCodec()
         self._applyBwlimit()
+
+    def _chooseCodec(self) -> None:
+        # Within what this peer can decompress; auto learns the link afresh.
+        accepted = self.bulk.accepted if self.bulk is not None else None
+        self.compression.reset(self.settings.effective_plugins, accepted, self._bwlimit)
+
+    # -- what auto compression looks at (LinkProbe) ----------------------------------------------
+    def linkHeld(self) -> bool:
+        writer = self.bulk.writer if self.bulk is not None else None
+        return writer is not None and writer.held
+
+    def readsPaused(self) -> bool:
+        return not self.budget.reading
 
     def _applyBwlimit(self) -> None:
         # Only the bulk link is limited: meta traffic and heartbeats never wait for tokens.
@@ -177,6 +189,7 @@ class ProxyConnection(Service):
         self.unbind()
         self.admission.refusals.stop()
         self.peer.stop()
+        self.compression.stop()
         self._fullLog.stop()
         self.table.stop()
         self._log.info("connection {name} removed", name=self.name)
@@ -200,8 +213,8 @@ class ProxyConnection(Service):
     def bulkLinkUp(self, link: LinkProtocol) -> None:
         self.links.machine.bulkUp(link)
         if self.bulk is link:  # adopted, not a stray one dropped
-            self._codec = None  # choose again, within what this peer can decompress
             self.drain.reset(self._bwlimit)  # a new link: its rate is measured afresh
+            self._chooseCodec()
             self._applyBwlimit()
 
     def _beat(self, now: float) -> None:
@@ -256,7 +269,7 @@ class ProxyConnection(Service):
         packets = counters.packet_counts(live)  # walked once: out_of_sync is one of them
         return ConnectionStatus(
             name=self.name, spec=self.spec, state=self.state, memlimit=budget.limit,
-            bwlimit=self.settings.options.get("bwlimit", 0), codec=self.codec.describe(),
+            bwlimit=self.settings.options.get("bwlimit", 0), codec=self.compression.describe(),
             buffered=budget.used, buffered_peak=budget.peak, reads_paused=budget.paused,
             read_pauses=budget.pauses, reconnects=self.reconnects, link_rtt_ms=self.heartbeat.rtt_ms,
             drain_rate=self.drain.rate, drain_seconds=self.drain.drain_seconds(budget.used),

@@ -7,13 +7,16 @@ into :class:`Encoded` payloads for the link's :class:`~drbdproxy.relay.writer.Fr
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
 from twisted.internet.defer import Deferred
 
 from drbdproxy.admin.logs import logger
-from drbdproxy.codecs import RAW_CODEC, Codec, PluginSpec, codec_for, encode_chunk
+from drbdproxy.codecs import RAW_CODEC, Buffer, Codec, PluginSpec, codec_for, encode_chunk
+from drbdproxy.codecs.adaptive import Candidate, Measured, trial
 from drbdproxy.link import Accepted, data_checksum
 from drbdproxy.relay.workers import Workers
 
@@ -41,8 +44,43 @@ def _encode(codec: Codec, data: bytes | memoryview) -> Encoded:
     return Encoded(codec_id, len(data), crc, payload)
 
 
-def _encode_all(codec: Codec, pieces: list[bytes | memoryview]) -> list[Encoded]:
-    return [_encode(codec, piece) for piece in pieces]
+class CompressionMeter:
+    """The CPU seconds compression took and the raw bytes encoded, for the whole process.
+
+    Plugin ``auto`` subtracts the first from the process's CPU time to learn what relaying
+    costs per raw byte beside compression. Worker threads add to it, hence the lock.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.cpu_seconds = 0.0
+        self.raw_bytes = 0
+
+    def add(self, cpu_seconds: float, raw_bytes: int = 0) -> None:
+        with self._lock:
+            self.cpu_seconds += cpu_seconds
+            self.raw_bytes += raw_bytes
+
+    def read(self) -> tuple[float, int]:
+        with self._lock:
+            return self.cpu_seconds, self.raw_bytes
+
+
+def _encode_all(codec: Codec, pieces: list[bytes | memoryview],
+                meter: CompressionMeter | None = None) -> list[Encoded]:
+    if meter is None:
+        return [_encode(codec, piece) for piece in pieces]
+    started = time.thread_time()
+    encoded = [_encode(codec, piece) for piece in pieces]
+    meter.add(time.thread_time() - started, sum(e.raw_length for e in encoded))
+    return encoded
+
+
+def _trial(meter: CompressionMeter, ladder: Sequence[Candidate], samples: Sequence[Buffer]
+           ) -> dict[str, Measured]:
+    measured, spent = trial(ladder, samples)
+    meter.add(spent)
+    return measured
 
 
 class ChunkEncoder:
@@ -55,14 +93,23 @@ class ChunkEncoder:
 
     def __init__(self, workers: Workers) -> None:
         self._workers = workers
+        self.meter = CompressionMeter()
 
     def encodeAll(self, codec: Codec, pieces: list[bytes | memoryview]
                   ) -> list[Encoded] | Deferred[list[Encoded]]:
         """``pieces`` encoded in order, now or (compressing a read of INLINE_LIMIT or more) once
         a worker thread is done with all of them."""
-        if codec.id == RAW_CODEC.id or sum(map(len, pieces)) < INLINE_LIMIT:
+        if codec.id == RAW_CODEC.id:
+            self.meter.add(0.0, sum(map(len, pieces)))
             return _encode_all(codec, pieces)
-        return self._workers.submit(_encode_all, codec, pieces)
+        if sum(map(len, pieces)) < INLINE_LIMIT:
+            return _encode_all(codec, pieces, self.meter)
+        return self._workers.submit(_encode_all, codec, pieces, self.meter)
+
+    def trial(self, ladder: Sequence[Candidate], samples: Sequence[Buffer]
+              ) -> Deferred[dict[str, Measured]]:
+        """Every candidate of ``auto`` on ``samples``, in a worker thread (see adaptive.trial)."""
+        return self._workers.submit(_trial, self.meter, ladder, samples)
 
 
 def chunks(data: bytes, size: int) -> list[bytes | memoryview]:

@@ -17,7 +17,7 @@ from zope.interface import implementer
 
 from drbdproxy.relay.closing import BoundedClose
 from drbdproxy.admin.logs import logger
-from drbdproxy.codecs import RAW_CODEC, Codec, CodecError, decode_chunk
+from drbdproxy.codecs import RAW_CODEC, CodecError, decode_chunk
 from drbdproxy.drbd.scanner import PacketScanner
 from drbdproxy.link import (
     Accepted,
@@ -29,6 +29,7 @@ from drbdproxy.link import (
     StreamKind,
 )
 from drbdproxy.relay.budget import Budget
+from drbdproxy.relay.compression import Compression
 from drbdproxy.relay.encoder import ChunkEncoder, Encoded, chunks
 from drbdproxy.relay.sockets import TRANSPORT_BUFFER, IStreamTransport, tune_transport
 from drbdproxy.relay.writer import Discarded, FrameWriter, PauseReasons
@@ -57,8 +58,7 @@ class StreamOwner(TypingProtocol):
     def clock(self) -> IReactorTime: ...
     @property
     def close_timeout(self) -> float: ...
-    @property
-    def codec(self) -> Codec: ...
+    compression: Compression
     def max_chunk(self, link: StreamLink) -> int: ...
     def acceptsDrbd(self) -> bool: ...
     def openStream(self, kind: StreamKind, sock: DrbdSocket) -> Stream | None: ...
@@ -258,8 +258,8 @@ class Stream:
         assert writer is not None
         self.to_peer += len(data)
         self._scan(self.scan_to_peer, data, "to peer")
-        codec = conn.codec if self.bulk else RAW_CODEC
         pieces = chunks(data, min(conn.max_chunk(self.link), CHUNK_LIMIT))
+        codec = conn.compression.codecFor(pieces) if self.bulk else RAW_CODEC
         conn.budget.addRaw(len(data))
         encoded = conn.encoder.encodeAll(codec, pieces)
         writer.pushDataAll(self.sid, encoded, [len(piece) for piece in pieces], self._countWire)
@@ -289,6 +289,9 @@ class Stream:
 
     def _countWire(self, encoded: Encoded) -> None:
         self.to_peer_wire += len(encoded.payload)
+        if self.bulk:
+            self.connection.compression.encoded(encoded.codec, encoded.raw_length,
+                                                len(encoded.payload))
 
     def drbdLost(self, sock: DrbdSocket, reason: Failure) -> None:
         if sock is not self.sock:

@@ -135,6 +135,11 @@ class FrameWriter:
         """The transport is refusing writes: the peer does not read what we send."""
         return self._paused
 
+    @property
+    def held(self) -> bool:
+        """Frames wait for the link: its transport refuses writes, or bwlimit's tokens ran out."""
+        return self._paused or (self._wakeup is not None and self._wakeup.active())
+
     def push(self, data: bytes, cost: int = 0) -> None:
         """Queue a ready frame (its cost, if any, is already counted in the budget)."""
         self._queue.append(_Entry([data], cost))

@@ -1,0 +1,265 @@
+"""A connection's codec: the one its plugin lines name, or plugin ``auto``'s current choice.
+
+For ``auto``, :class:`AutoCompression` is the Twisted half of :mod:`drbdproxy.codecs.adaptive`:
+it keeps samples of the data, runs trials in the compression workers, watches the link and the
+budget ten times a second while data flows, and hands the chooser one :class:`Period` every
+two seconds. It runs only while data flows: an idle connection holds no timer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
+
+from drbdproxy.admin.logs import logger
+from drbdproxy.codecs import Codec, PluginSpec
+from drbdproxy.codecs.adaptive import (
+    FRAME_OVERHEAD,
+    AutoChooser,
+    Candidate,
+    Choice,
+    Measured,
+    Period,
+    candidates,
+)
+from drbdproxy.link import Accepted
+from drbdproxy.relay.encoder import ChunkEncoder, codec_within
+
+__all__ = ["Compression", "AutoCompression", "LinkProbe"]
+
+#: Seconds between looks at the link and the budget, and between the chooser's periods.
+TICK = 0.1
+PERIOD = 2.0
+#: One DRBD read of every SAMPLE_EVERY raw bytes gives a sample: its first chunk, if it is at
+#: least SAMPLE_MIN bytes (smaller ones are DRBD's headers, not its data). The latest SAMPLES of
+#: them are what trials compress, each as one chunk, as the link would.
+SAMPLE_EVERY = 1 << 20
+SAMPLE_MIN = 64 << 10
+SAMPLES = 4
+#: Trials take at most 1/TRIAL_SHARE of a CPU: the period between them stretches with their cost.
+TRIAL_SHARE = 25
+#: Raw bytes the whole process must encode in a period to measure the relay's cost per byte.
+RELAY_COST_MIN_BYTES = 4 << 20
+
+
+class LinkProbe(Protocol):
+    """What ``auto`` looks at on its connection, ten times a second."""
+
+    def linkHeld(self) -> bool:
+        """Ready frames wait for the link: its window is full, or bwlimit's tokens are out."""
+
+    def readsPaused(self) -> bool:
+        """Reads from DRBD wait: the buffer is at memlimit, or compression lags behind."""
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class AutoCompression:
+    """Plugin ``auto`` for one connection (see the module docstring)."""
+
+    _log = logger()
+
+    def __init__(self, name: str, ladder: Sequence[Candidate], clock: Any, encoder: ChunkEncoder,
+                 probe: LinkProbe, bwlimit: int = 0, cores: float | None = None,
+                 cpu_clock: Callable[[], float] = time.process_time,
+                 thread_clock: Callable[[], float] = time.thread_time) -> None:
+        self.name = name
+        self.ladder = tuple(ladder)
+        self.chooser = AutoChooser(self.ladder, cores or float(usable_cpus()), bwlimit or None)
+        self._clock = clock
+        self._encoder = encoder
+        self._probe = probe
+        self._cpu_clock = cpu_clock
+        self._thread_clock = thread_clock
+        self._samples: deque[bytes] = deque(maxlen=SAMPLES)
+        self._until_sample = 0
+        self._loop: LoopingCall | None = None
+        self._trial_running = False
+        self._next_trial = 0.0
+        self._live = [0, 0]
+        self._reset_period()
+
+    @property
+    def codec(self) -> Codec:
+        return self.chooser.current.codec
+
+    def describe(self) -> str:
+        return f"auto:{self.chooser.current.name}"
+
+    # -- what the connection tells it ------------------------------------------------------------
+    def sample(self, pieces: Sequence[bytes | memoryview]) -> None:
+        """A DRBD read about to be encoded: keep a copy of a piece now and then; start watching."""
+        size = sum(len(p) for p in pieces)
+        self._until_sample -= size
+        # Only a full chunk is like what the link carries: DRBD's small packets are headers.
+        if self._until_sample <= 0 and len(pieces[0]) >= SAMPLE_MIN:
+            self._samples.append(bytes(pieces[0]))
+            self._until_sample = SAMPLE_EVERY
+        if self._loop is None:
+            self._start()
+
+    def encoded(self, codec_id: int, raw: int, payload: int) -> None:
+        """One chunk's encoding is done: ``raw`` bytes became ``payload`` bytes."""
+        self._raw += raw
+        self._wire += payload + FRAME_OVERHEAD
+        self._live[0] += raw
+        self._live[1] += payload
+        if self._live[0] >= (1 << 19):
+            raw_live, wire_live = self._live
+            self._live = [0, 0]
+            self._apply(self.chooser.live(raw_live, wire_live))
+
+    def linkChanged(self, bwlimit: int) -> None:
+        """A new link or another bwlimit: what was learnt about the old one says nothing now."""
+        self.chooser.linkChanged(bwlimit or None)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    # -- the watch -------------------------------------------------------------------------------
+    def _start(self) -> None:
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = self._clock
+        self._reset_period()
+        self._loop.start(TICK, now=False)
+
+    def _reset_period(self) -> None:
+        self._started = self._clock.seconds()
+        self._ticks = self._held = self._backlogged = 0
+        self._raw = self._wire = 0
+        self._cpu = self._cpu_clock()
+        self._reactor_cpu = self._thread_clock()
+        self._meter = self._encoder.meter.read()
+
+    def _tick(self) -> None:
+        self._ticks += 1
+        held = self._probe.linkHeld()
+        self._held += held
+        # Reads wait while the link takes all it is given: the buffer fills with data still
+        # to be compressed (or, without compression, to be framed): the CPU is the limit.
+        self._backlogged += self._probe.readsPaused() and not held
+        now = self._clock.seconds()
+        if self._samples and not self._trial_running and now >= self._next_trial:
+            self._trial()
+        if now - self._started >= PERIOD:
+            self._endPeriod(now)
+
+    def _endPeriod(self, now: float) -> None:
+        seconds = now - self._started
+        cpu = self._cpu_clock() - self._cpu
+        compress_cpu, raw_all = (b - a for a, b in zip(self._meter, self._encoder.meter.read()))
+        relay_cost = ((cpu - compress_cpu) / raw_all if raw_all >= RELAY_COST_MIN_BYTES
+                      and cpu > compress_cpu else None)
+        period = Period(
+            seconds=seconds, raw=self._raw, wire=self._wire,
+            link_held=self._held / max(self._ticks, 1),
+            backlogged=self._backlogged / max(self._ticks, 1),
+            reactor_busy=(self._thread_clock() - self._reactor_cpu) / seconds,
+            cpu_rate=cpu / seconds, relay_cost=relay_cost)
+        idle = self._raw == 0 and not self._probe.linkHeld()
+        self._apply(self.chooser.period(period, now))
+        self._log.debug("auto compression of {name}: {bound}-bound period, {raw} raw bytes in"
+                        " {seconds:.1f} s, link held {held:.0%}, backlogged {backlogged:.0%},"
+                        " CPU {cpu:.2f}/s, on {codec}", name=self.name, bound=period.bound.value,
+                        raw=period.raw, seconds=seconds, held=period.link_held,
+                        backlogged=period.backlogged, cpu=period.cpu_rate, codec=self.describe())
+        if idle:
+            self.stop()  # the next DRBD read starts it again
+        else:
+            self._reset_period()
+
+    def _trial(self) -> None:
+        self._trial_running = True
+        started = self._clock.seconds()
+        d = self._encoder.trial(self.ladder, list(self._samples))
+        d.addCallbacks(self._trialDone, self._trialFailed, callbackArgs=(started,))
+
+    def _trialDone(self, measured: dict[str, Measured], started: float) -> None:
+        self._trial_running = False
+        spent = sum(m.cost for m in measured.values()) * sum(len(s) for s in self._samples)
+        self._next_trial = self._clock.seconds() + max(PERIOD, TRIAL_SHARE * spent)
+        self._apply(self.chooser.trialDone(measured))
+
+    def _trialFailed(self, failure: Failure) -> None:
+        self._trial_running = False
+        self._next_trial = self._clock.seconds() + PERIOD
+        self._log.failure("auto compression of {name}: trial failed", failure, name=self.name)
+
+    def _apply(self, choice: Choice | None) -> None:
+        if choice is None:
+            return
+        self._log.info("compression of {name} now {new} (was {old}): {reason}", name=self.name,
+                       new=choice.candidate.name, old=choice.previous.name, reason=choice.reason)
+
+
+class Compression:
+    """A connection's codec, chosen again when its settings or its bulk link change."""
+
+    def __init__(self, name: str, clock: Any, encoder: ChunkEncoder, probe: LinkProbe) -> None:
+        self.name = name
+        self._clock = clock
+        self._encoder = encoder
+        self._probe = probe
+        self._fixed: Codec | None = None
+        self._plugins: list[PluginSpec] = []
+        self._accepted: Accepted | None = None
+        self.auto: AutoCompression | None = None
+
+    def reset(self, plugins: Sequence[PluginSpec], accepted: Accepted | None, bwlimit: int
+              ) -> None:
+        """Choose again from ``plugins``, within what the peer proxy can decompress."""
+        spec = next((p for p in plugins if p.compresses), None)
+        self._fixed = None
+        if spec is None or spec.name != "auto":
+            self._stopAuto()
+            self._plugins, self._accepted = list(plugins), accepted  # chosen at the first use
+            return
+        ladder = candidates(spec, None if accepted is None else accepted.peer_codecs)
+        if self.auto is not None and self.auto.ladder == ladder:
+            self.auto.linkChanged(bwlimit)
+            return
+        self._stopAuto()
+        self.auto = AutoCompression(self.name, ladder, self._clock, self._encoder, self._probe,
+                                    bwlimit)
+
+    @property
+    def codec(self) -> Codec:
+        if self.auto is not None:
+            return self.auto.codec
+        if self._fixed is None:
+            self._fixed = codec_within(self.name, self._plugins, self._accepted)
+        return self._fixed
+
+    def codecFor(self, pieces: Sequence[bytes | memoryview]) -> Codec:
+        """The codec for one DRBD read of the data socket (``auto`` samples it)."""
+        if self.auto is not None:
+            self.auto.sample(pieces)
+        return self.codec
+
+    def encoded(self, codec_id: int, raw: int, payload: int) -> None:
+        if self.auto is not None:
+            self.auto.encoded(codec_id, raw, payload)
+
+    def describe(self) -> str:
+        return self.auto.describe() if self.auto is not None else self.codec.describe()
+
+    def stop(self) -> None:
+        self._stopAuto()
+
+    def _stopAuto(self) -> None:
+        if self.auto is not None:
+            self.auto.stop()
+        self.auto = None
