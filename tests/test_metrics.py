@@ -72,7 +72,7 @@ def snapshot(c: FakeConnection) -> ConnectionStatus:
     to_peer, from_peer = c.discarded()
     packets = c.packet_counts() if isinstance(c, CountingConnection) else {}
     return ConnectionStatus(
-        name=c.name, spec=SPEC, state=c.state, memlimit=b.limit, bwlimit=0, codec="none",
+        name=c.name, spec=SPEC, state=c.state, memlimit=b.limit, bwlimit=0, codec="auto:zstd-3",
         buffered=b.used, buffered_peak=b.peak, reads_paused=b.paused, read_pauses=b.pauses,
         reconnects=c.reconnects, link_rtt_ms=c.link_rtt_ms, drain_rate=None,
         drain_seconds=None, out_of_sync=0, dropped_after_close=0, discarded_to_peer=to_peer,
@@ -102,8 +102,8 @@ def sample(collectors: Any, name: str, **labels: str) -> float | None:
 
 
 def test_connection_gauges() -> None:
-    """Buffer, memlimit, peak, paused, sockets, reconnects, discarded bytes, RTT and state
-    mirror the connection."""
+    """Buffer, memlimit, peak, paused, sockets, reconnects, discarded bytes, RTT, state and
+    the codec in use mirror the connection."""
     reg = collector_registry(FakeRegistry(connected()))
     assert sample(reg, "drbdproxy_connection_state", connection="r0", state="Connected") == 1
     assert sample(reg, "drbdproxy_connection_state", connection="r0", state="Connecting") == 0
@@ -120,6 +120,7 @@ def test_connection_gauges() -> None:
     assert sample(reg, "drbdproxy_discarded_bytes_total", connection="r0",
                   direction="from_peer") == 700
     assert sample(reg, "drbdproxy_link_rtt_seconds", connection="r0") == pytest.approx(0.0125)
+    assert sample(reg, "drbdproxy_codec", connection="r0", codec="auto:zstd-3") == 1
     assert sample(reg, "drbdproxy_build_info", version=__version__) == 1
 
 

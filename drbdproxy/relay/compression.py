@@ -36,12 +36,13 @@ __all__ = ["Compression", "AutoCompression", "LinkProbe"]
 #: Seconds between looks at the link and the budget, and between the chooser's periods.
 TICK = 0.1
 PERIOD = 2.0
-#: One DRBD read of every SAMPLE_EVERY raw bytes gives a sample: its first chunk, if it is at
-#: least SAMPLE_MIN bytes (smaller ones are DRBD's headers, not its data). The latest SAMPLES of
-#: them are what trials compress, each as one chunk, as the link would.
-SAMPLE_EVERY = 1 << 20
-SAMPLE_MIN = 64 << 10
+#: Trials compress the latest SAMPLES samples, each as one chunk, as the link would. After a
+#: trial starts, the next SAMPLES DRBD reads at least SAMPLE_SPACING raw bytes apart give one
+#: each: their first chunk, if it has SAMPLE_MIN bytes (smaller ones are DRBD's headers, not
+#: its data). So at most SAMPLES chunks are copied per trial, and at most SAMPLES are held.
 SAMPLES = 4
+SAMPLE_SPACING = 1 << 20
+SAMPLE_MIN = 64 << 10
 #: Trials take at most 1/TRIAL_SHARE of a CPU: the period between them stretches with their cost.
 TRIAL_SHARE = 25
 #: Raw bytes the whole process must encode in a period to measure the relay's cost per byte.
@@ -84,6 +85,7 @@ class AutoCompression:
         self._thread_clock = thread_clock
         self._samples: deque[bytes] = deque(maxlen=SAMPLES)
         self._until_sample = 0
+        self._wanted = SAMPLES
         self._loop: LoopingCall | None = None
         self._trial_running = False
         self._next_trial = 0.0
@@ -100,12 +102,12 @@ class AutoCompression:
     # -- what the connection tells it ------------------------------------------------------------
     def sample(self, pieces: Sequence[bytes | memoryview]) -> None:
         """A DRBD read about to be encoded: keep a copy of a piece now and then; start watching."""
-        size = sum(len(p) for p in pieces)
-        self._until_sample -= size
-        # Only a full chunk is like what the link carries: DRBD's small packets are headers.
-        if self._until_sample <= 0 and len(pieces[0]) >= SAMPLE_MIN:
-            self._samples.append(bytes(pieces[0]))
-            self._until_sample = SAMPLE_EVERY
+        if self._wanted:
+            self._until_sample -= sum(len(p) for p in pieces)
+            if self._until_sample <= 0 and len(pieces[0]) >= SAMPLE_MIN:
+                self._samples.append(bytes(pieces[0]))
+                self._until_sample = SAMPLE_SPACING
+                self._wanted -= 1
         if self._loop is None:
             self._start()
 
@@ -183,13 +185,15 @@ class AutoCompression:
 
     def _trial(self) -> None:
         self._trial_running = True
-        started = self._clock.seconds()
-        d = self._encoder.trial(self.ladder, list(self._samples))
-        d.addCallbacks(self._trialDone, self._trialFailed, callbackArgs=(started,))
+        samples = list(self._samples)
+        self._wanted = SAMPLES  # fresh ones for the next trial
+        d = self._encoder.trial(self.ladder, samples)
+        d.addCallbacks(self._trialDone, self._trialFailed,
+                       callbackArgs=(sum(len(s) for s in samples),))
 
-    def _trialDone(self, measured: dict[str, Measured], started: float) -> None:
+    def _trialDone(self, measured: dict[str, Measured], size: int) -> None:
         self._trial_running = False
-        spent = sum(m.cost for m in measured.values()) * sum(len(s) for s in self._samples)
+        spent = sum(m.cost for m in measured.values()) * size
         self._next_trial = self._clock.seconds() + max(PERIOD, TRIAL_SHARE * spent)
         self._apply(self.chooser.trialDone(measured))
 
@@ -216,6 +220,7 @@ class Compression:
         self._fixed: Codec | None = None
         self._plugins: list[PluginSpec] = []
         self._accepted: Accepted | None = None
+        self._link: tuple[int, Accepted | None] = (0, None)
         self.auto: AutoCompression | None = None
 
     def reset(self, plugins: Sequence[PluginSpec], accepted: Accepted | None, bwlimit: int
@@ -229,8 +234,11 @@ class Compression:
             return
         ladder = candidates(spec, None if accepted is None else accepted.peer_codecs)
         if self.auto is not None and self.auto.ladder == ladder:
-            self.auto.linkChanged(bwlimit)
+            if (bwlimit, accepted) != self._link:
+                self.auto.linkChanged(bwlimit)
+                self._link = (bwlimit, accepted)
             return
+        self._link = (bwlimit, accepted)
         self._stopAuto()
         self.auto = AutoCompression(self.name, ladder, self._clock, self._encoder, self._probe,
                                     bwlimit)
