@@ -407,50 +407,60 @@ def ratio_table(results: list[dict], workload: str, rates: list[str], choices: l
 
 
 def plot(results: list[dict], env: dict, img_dir: Path) -> Path | None:
-    """Grouped bars, one panel per workload: per link rate a bar per choice (median, min–max),
-    log scale so 10 Mbit/s and loopback fit one axis."""
+    """Grouped bars, a column of panels per workload: per link rate a bar per choice. Top:
+    median goodput (min–max), log scale so 10 Mbit/s and loopback fit one axis; bottom: each
+    median over the best fixed choice's in that column, with the target's line."""
     plt = pyplot()
     if plt is None or not any("goodput" in r for r in results):
         return None
     rates, workloads, choices = env["rates"], env["workloads"], env["choices"]
-    fig, axes = plt.subplots(1, len(workloads), figsize=(6.5 * len(workloads), 4.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(2, len(workloads), figsize=(6.5 * len(workloads), 8.2),
+                             squeeze=False, gridspec_kw=dict(height_ratios=(3, 2)))
     width = 0.8 / len(choices)
-    for ax, workload in zip(axes[0], workloads):
+    for col, workload in enumerate(workloads):
+        top, bottom = axes[0][col], axes[1][col]
+        best = {rate: v["best_mb_s"] for rate, v in verdicts(results, workload, rates,
+                                                             choices).items()}
         for k, choice in enumerate(choices):
-            xs, ys, lo, hi = [], [], [], []
+            bars = []  # (x, median, low, high, rate)
             for x, rate in enumerate(rates):
-                got = goodputs(results, workload, choice, rate)
-                if got:
+                if got := goodputs(results, workload, choice, rate):
                     m = statistics.median(got)
-                    xs.append(x - 0.4 + width * (k + 0.5))
-                    ys.append(m)
-                    lo.append(m - min(got))
-                    hi.append(max(got) - m)
-            if xs:
-                ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=choice,
-                       color="black" if choice == "auto" else f"C{k}",
-                       alpha=1.0 if choice == "auto" else 0.85)
+                    bars.append((x - 0.4 + width * (k + 0.5), m, m - min(got), max(got) - m, rate))
+            if not bars:
+                continue
+            style = dict(label=choice, color="black" if choice == "auto" else f"C{k}",
+                         alpha=1.0 if choice == "auto" else 0.85)
+            xs, ys, lo, hi, at = zip(*bars)
+            top.bar(xs, ys, width, yerr=[lo, hi], capsize=2, **style)
+            rel = [(x, y / best[r]) for x, y, r in zip(xs, ys, at) if best[r]]
+            if rel:
+                bottom.bar([x for x, _ in rel], [y for _, y in rel], width, **style)
             if choice == "auto":  # the codec auto ended on, above its bar
-                for x, y, h, rate in zip(xs, ys, hi, [r for r in rates if goodputs(
-                        results, workload, choice, r)]):
+                for x, y, h, rate in zip(xs, ys, hi, at):
                     runs = [r for r in results if (r["workload"], r["choice"], r["rate"])
                             == (workload, choice, rate)]
-                    ax.annotate(_codec_note(runs), (x, y + h), xytext=(0, 3),
-                                textcoords="offset points", ha="center", va="bottom",
-                                fontsize=7, rotation=90)
+                    top.annotate(_codec_note(runs), (x, y + h), xytext=(0, 3),
+                                 textcoords="offset points", ha="center", va="bottom",
+                                 fontsize=7, rotation=90)
         for x, rate in enumerate(rates):
-            if ceiling(rate):
-                ax.hlines(ceiling(rate), x - 0.45, x + 0.45, colors="gray", linestyles=":",
-                          linewidth=1)
-        ax.set_xticks(range(len(rates)), [rate_label(r) for r in rates])
-        ax.set_yscale("log")
-        ax.set_ylim(bottom=0.5)
-        ax.set_ylabel("goodput MB/s (median, min–max; log scale)")
-        ax.set_title(f"{workload} workload")
-        ax.grid(axis="y", alpha=0.3, which="both")
+            if c := ceiling(rate):
+                top.hlines(c, x - 0.45, x + 0.45, colors="gray", linestyles=":", linewidth=1)
+        for ax in (top, bottom):
+            ax.set_xticks(range(len(rates)), [rate_label(r) for r in rates])
+            ax.grid(axis="y", alpha=0.3, which="both")
+        top.set_yscale("log")
+        top.set_ylim(0.5, top.get_ylim()[1] * 2.5)  # room for auto's codec above its bar
+        top.set_ylabel("goodput MB/s (median, min–max; log)")
+        top.set_title(f"{workload} workload")
+        bottom.axhline(TARGET, color="red", linestyle="--", linewidth=1)
+        bottom.set_ylim(0, 1.15)
+        bottom.set_ylabel("median / best fixed choice's")
     axes[0][0].legend(fontsize=8, title="choice (dotted: link's TCP ceiling)",
                       title_fontsize=8, loc="upper left")
+    axes[1][0].annotate(f"target for auto: {TARGET}", (0, TARGET), xytext=(2, 2),
+                        xycoords=("axes fraction", "data"), textcoords="offset points",
+                        fontsize=7, color="red")
     fig.suptitle("Goodput per compression choice and link rate")
     return save_figure(fig, img_dir, "adaptive-goodput.png")
 

@@ -100,6 +100,15 @@ def test_table_shows_choices_by_rate_with_auto_codec_and_the_target():
     assert rows["auto ≥ 0.95 × best"] == "| auto ≥ 0.95 × best | holds | **MISSES** | holds |"
 
 
+def test_auto_codec_note_counts_the_runs_only_when_they_differ():
+    """One codec at the end of every run: its name; several: each with its count."""
+    runs = [cell("1gbit", "auto", 9.0, codec="zstd-3") for _ in range(2)]
+    assert adaptive._codec_note(runs) == "zstd-3"
+    runs.append(cell("1gbit", "auto", 9.0, codec="lz4"))
+    runs.append(cell("1gbit", "auto", None))
+    assert adaptive._codec_note(runs) == "zstd-3 ×2, lz4 ×1"
+
+
 def test_report_states_the_target_plainly(tmp_path):
     """The section says whether auto >= 0.95 x best fixed holds in every column, and where not."""
     env = dict(rates=RATES, workloads=["disk"], choices=CHOICES, warmup=5, window=12, runs=3,
