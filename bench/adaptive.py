@@ -136,7 +136,7 @@ class Interrupts:
 INTERRUPTS = Interrupts()
 
 
-# -- the corpus -------------------------------------------------------------------------------------
+# -- the corpus ------------------------------------------------------------------------------------
 def build_corpus(path: Path, size: int = CORPUS_MAX,
                  sources: tuple[str, ...] = CORPUS_SOURCES) -> list[dict[str, Any]]:
     """Write up to ``size`` bytes of tar streams of ``sources`` (glob patterns) to ``path``, each
@@ -183,7 +183,7 @@ def codec_reference(workload: Workload, choices: list[str], mib: int = 16) -> di
     return out
 
 
-# -- one run ----------------------------------------------------------------------------------------
+# -- one run ---------------------------------------------------------------------------------------
 def conn_name(site: str) -> str:
     return "r0-bob-alice" if site == "alice" else "r0-alice-bob"
 
@@ -319,7 +319,7 @@ def check_choices(choices: list[str], workdir: Path) -> list[str]:
     return errors
 
 
-# -- the report -------------------------------------------------------------------------------------
+# -- the report ------------------------------------------------------------------------------------
 def goodputs(results: list[dict], workload: str, choice: str, rate: str) -> list[float]:
     return [r["goodput"] for r in results if "goodput" in r and
             (r["workload"], r["choice"], r["rate"]) == (workload, choice, rate)]
@@ -498,7 +498,8 @@ def report(results: list[dict], env: dict, out: Path, image: Path | None) -> str
     body = [
         "Goodput of a proxy pair (alice sends, bob receives) for each compression choice, set "
         "with `set plugin NAME 0 LINE` on both daemons, against link rate: "
-        + " and ".join(links) + ". The load is drbd-sim, protocol A, 64 KiB writes as fast as the primary can; "
+        + " and ".join(links) + ". The load is drbd-sim, protocol A, 64 KiB writes as fast as "
+        "the primary can; "
         f"goodput = the secondary's verified bytes per second over a {env['window']:g} s window "
         f"after {env['warmup']:g} s of warm-up (its `--progress 0.5` lines), the same for every "
         "choice; fresh daemons (and namespaces) per run; memlimit "
@@ -600,7 +601,7 @@ def publish(results: list[dict], env: dict, args: argparse.Namespace) -> str:
     return body
 
 
-# -- main -------------------------------------------------------------------------------------------
+# -- main ------------------------------------------------------------------------------------------
 def _list(text: str, known: tuple[str, ...] | None, what: str) -> list[str]:
     items = [x.strip() for x in text.split(",") if x.strip()]
     bad = [x for x in items if known is not None and x not in known]

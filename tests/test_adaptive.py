@@ -96,7 +96,8 @@ def test_table_shows_choices_by_rate_with_auto_codec_and_the_target():
     assert rows["`zstd level 3`"] == "| `zstd level 3` | 2.60 | 150.00 | 330.00 |"
     assert rows["`auto`"] == "| `auto` | 2.55 (zstd-3) | 180.00 (lz4) | 880.00 (none) |"
     assert rows["best fixed"] == "| best fixed | zstd-3 2.60 | lz4 200.00 | none 900.00 |"
-    assert rows["**auto / best fixed**"] == "| **auto / best fixed** | **0.98** | **0.90** | **0.98** |"
+    assert rows["**auto / best fixed**"] == (
+        "| **auto / best fixed** | **0.98** | **0.90** | **0.98** |")
     assert rows["auto ≥ 0.95 × best"] == "| auto ≥ 0.95 × best | holds | **MISSES** | holds |"
 
 
@@ -117,7 +118,8 @@ def test_report_states_the_target_plainly(tmp_path):
                wmem="w", rmem="r", tree="t")
     text = adaptive.report(sample_results(), env, tmp_path / "b.md", None)
     assert "in every column: **does not hold**." in text
-    assert "- disk: auto ≥ 0.95 × the best fixed choice holds at 10 Mbit/s (0.98 of zstd-3)" in text
+    assert ("- disk: auto ≥ 0.95 × the best fixed choice holds at 10 Mbit/s (0.98 of zstd-3)"
+            in text)
     assert "**misses** at 1 Gbit/s (0.90 of lz4)" in text
     assert "Failed runs: none" in text
     env["choices"] = CHOICES[:3]
