@@ -141,6 +141,53 @@ def test_a_corrupted_byte_is_detected_by_the_secondary(sims):
             relay.close()
 
 
+def _corpus(path, seed: int) -> str:
+    """A 3 MiB compressible file: the corpus workload's data in these tests."""
+    import random
+
+    rng = random.Random(seed)
+    words = [rng.randbytes(rng.randint(2, 9)) for _ in range(300)]
+    data = bytearray()
+    while len(data) < 3 << 20:
+        data += b" ".join(rng.choices(words, k=50)) + b"\n"
+    path.write_bytes(bytes(data[: 3 << 20]))
+    return str(path)
+
+
+def test_corpus_workload_replicates_and_verifies(sims, tmp_path):
+    """Blocks sliced from a file both sims are given replicate and verify byte for byte; the
+    secondary reports which corpus it checked against."""
+    corpus = _corpus(tmp_path / "corpus.bin", 0)
+    p_port, s_port = free_ports(2)
+    primary_args, secondary_args = sim_pair_args(p_port, s_port, "--corpus", corpus)
+    secondary = sims(*secondary_args)
+    primary = sims(*primary_args, "--workload", "corpus", "--size", "16M", "--protocol", "C")
+    (prc, p), (src, s) = primary.report(), secondary.report()
+    assert (prc, src) == (0, 0), (p["error"], s["error"])
+    assert s["verified"] and s["bytes"] == 16 << 20 and s["workload"] == "corpus"
+    assert s["corpus"]["bytes"] == 3 << 20 and s["corpus"] == p["corpus"]
+
+
+@pytest.mark.parametrize("secondary_corpus", [None, 1])
+def test_corpus_mismatch_is_one_clear_line(sims, tmp_path, secondary_corpus):
+    """A secondary without --corpus, or with another file, ends with one line saying so, not
+    with a verification error on the first block."""
+    p_port, s_port = free_ports(2)
+    primary_args, secondary_args = sim_pair_args(p_port, s_port, "--connect-timeout", "30")
+    extra = ([] if secondary_corpus is None
+             else ["--corpus", _corpus(tmp_path / "other.bin", secondary_corpus)])
+    secondary = sims(*secondary_args, *extra)
+    primary = sims(*primary_args, "--workload", "corpus", "--size", "8M",
+                   "--corpus", _corpus(tmp_path / "corpus.bin", 0))
+    rc, report = secondary.report()
+    assert rc == 1 and not report["verified"]
+    needle = "--corpus FILE" if secondary_corpus is None else "not the same file"
+    assert needle in report["error"] and "differs" not in report["error"]
+    assert [line for line in secondary.stderr if "error:" in line] == [
+        f"drbd-sim[secondary]: error: {report['error']}\n"]
+    primary.report()
+
+
 def test_a_killed_peer_makes_the_other_side_exit_nonzero(sims):
     """SIGKILL of the secondary mid-stream: the primary exits 1 and says the connection was lost."""
     p_port, s_port = free_ports(2)
@@ -208,8 +255,8 @@ def test_one_failed_connection_ends_the_whole_process(sims):
 def test_help_explains_every_option():
     """--help mentions every option the SPEC lists, each with an explanation."""
     out = subprocess.run([tool("drbd-sim"), "--help"], capture_output=True, text=True, check=True)
-    for option in ("--role", "--listen", "--peer", "--protocol", "--workload", "--size",
-                   "--duration", "--block-size", "--epoch", "--rate", "--ping-int",
+    for option in ("--role", "--listen", "--peer", "--protocol", "--workload", "--corpus",
+                   "--size", "--duration", "--block-size", "--epoch", "--rate", "--ping-int",
                    "--ping-timeout", "--connect-timeout", "--report"):
         assert option in out.stdout
 
@@ -224,6 +271,10 @@ def test_help_explains_every_option():
         (["--role", "primary", "--listen", "127.0.0.1:1", "--peer", "127.0.0.1:2",
           "--block-size", "1000"], "multiple of 512"),
         (["--listen", "127.0.0.1:1"], "required"),
+        (["--role", "primary", "--listen", "127.0.0.1:1", "--peer", "127.0.0.1:2",
+          "--workload", "corpus"], "needs --corpus FILE"),
+        (["--role", "secondary", "--listen", "127.0.0.1:1", "--peer", "127.0.0.1:2",
+          "--corpus", "/dev/null"], "needs at least 2 MiB"),
         (["--role", "primary", "--listen", "127.0.0.1:1", "--listen", "127.0.0.1:3",
           "--peer", "127.0.0.1:2"], "in pairs"),
         (["--role", "primary", "--listen", "127.0.0.1:1", "--listen", "127.0.0.1:1",

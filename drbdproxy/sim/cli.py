@@ -12,7 +12,9 @@ from drbdproxy.drbd.payloads import WireProtocol
 from drbdproxy.runtime.malloc import tune_malloc
 from drbdproxy.units import parse_address, parse_rate, parse_size
 from drbdproxy.sim.config import SimConfig
-from drbdproxy.sim.workload import MAX_BLOCK, STAMP, WORKLOADS
+from drbdproxy.sim.workload import (
+    CORPUS_MAX, CORPUS_MIN, MAX_BLOCK, STAMP, WORKLOADS, Corpus, CorpusError,
+)
 
 DESCRIPTION = """\
 A userspace DRBD peer speaking the DRBD 8.4 dialect (protocol 86-101, h100 headers).
@@ -23,12 +25,23 @@ on the meta socket. At the end it prints a JSON report; the exit status is 0 onl
 was verified, 1 if it failed, 2 for a usage error. Several --listen/--peer pairs run as many
 connections in one process (a load of many that costs little more than one); the first of them
 to fail stops the rest.
+
+Block content is deterministic, so the secondary regenerates and checks it byte for byte: a
+generated workload (disk, random, zeros), or with --workload corpus slices of a file of real
+data given to both nodes with --corpus FILE (e.g. a tar of system files). The secondary learns
+the workload from the first block and checks that its --corpus is the primary's file.
 """
 
 EPILOG = """\
 example (two nodes on loopback, directly):
   drbd-sim --role secondary --listen 127.0.0.1:7790 --peer 127.0.0.1:7789 &
   drbd-sim --role primary   --listen 127.0.0.1:7789 --peer 127.0.0.1:7790 --size 64M
+
+the same with real data (both nodes read the same file):
+  tar cf - /usr/share/man /etc 2>/dev/null | head -c 64M > corpus.tar
+  drbd-sim --role secondary --listen 127.0.0.1:7790 --peer 127.0.0.1:7789 --corpus corpus.tar &
+  drbd-sim --role primary   --listen 127.0.0.1:7789 --peer 127.0.0.1:7790 --size 64M \
+           --workload corpus --corpus corpus.tar
 """
 
 
@@ -85,8 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
       help="DRBD replication protocol: A async, B receive ack, C write ack (default C)")
     a("--workload", default="disk", choices=WORKLOADS,
       help="primary's block content: disk (filesystem-like, about 2:1 lz4 compressible),"
-           " random (incompressible) or zeros (default disk); the secondary detects it")
-    a("--seed", type=int, default=1, help="seed of the deterministic workload (default 1)")
+           " random (incompressible), zeros, or corpus (slices of --corpus FILE)"
+           " (default disk); the secondary detects it")
+    a("--corpus", default=None, metavar="FILE",
+      help=f"the corpus workload's data: the first {CORPUS_MAX >> 20} MiB of FILE (at least"
+           f" {CORPUS_MIN >> 20} MiB). Both nodes need the same file: the primary writes from"
+           " it, the secondary checks against it and says so if its file differs")
+    a("--seed", type=int, default=1,
+      help="seed of a generated workload (default 1; corpus stamps its file's crc32 instead)")
     a("--size", type=_size, default=None, metavar="BYTES",
       help="bytes the primary writes, k/M/G suffixes (default 64M, or unlimited with --duration)")
     a("--duration", type=_positive(float), default=None, metavar="S",
@@ -131,6 +150,14 @@ def configs_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
     if any(listen == peer for listen, peer in zip(args.listen, args.peer)):
         parser.error("--listen and --peer must differ")
     size = args.size if args.size is not None else (None if args.duration else 64 << 20)
+    corpus = None
+    if args.corpus is not None:
+        try:
+            corpus = Corpus.load(args.corpus)
+        except CorpusError as e:
+            parser.error(f"--corpus: {e}")
+    elif args.workload == "corpus":
+        parser.error("--workload corpus needs --corpus FILE")
     return [SimConfig(
         role=args.role,
         listen=listen,
@@ -138,6 +165,7 @@ def configs_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
         protocol=WireProtocol[args.protocol],
         workload=args.workload,
         seed=args.seed,
+        corpus=corpus,
         size=size,
         duration=args.duration,
         block_size=bs,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from drbdproxy.drbd.payloads import WireProtocol
+from drbdproxy.sim.workload import Corpus
 
 
 @dataclass(frozen=True)
@@ -15,6 +16,9 @@ class SimConfig:
     protocol: WireProtocol = WireProtocol.C
     workload: str = "disk"
     seed: int = 1
+    #: The corpus workload's pool (--corpus): the primary writes from it, the secondary checks
+    #: against it; loaded once and shared by every connection of the process.
+    corpus: Corpus | None = None
     #: Stop writing after this many bytes (None: only --duration limits the run).
     size: int | None = 64 << 20
     duration: float | None = None

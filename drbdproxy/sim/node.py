@@ -26,7 +26,7 @@ from drbdproxy.sim.primary import PrimaryStream, ProtocolViolation
 from drbdproxy.sim.report import Stats, build_report
 from drbdproxy.sim.secondary import SecondaryVerifier, VerificationError
 from drbdproxy.sim.sockets import DrbdSocket, Establisher
-from drbdproxy.sim.workload import STAMP, WORKLOADS, Workload
+from drbdproxy.sim.workload import STAMP, WORKLOADS, CorpusError, Workload
 
 
 def stderr_log(role: str) -> Callable[[str], None]:
@@ -108,9 +108,11 @@ class Node:
     # -- lifecycle -----------------------------------------------------------------------------
     def run(self) -> Deferred[dict[str, Any]]:
         # Building a workload's pool takes a moment: do it now, not while pings are due. The
-        # secondary learns the workload from the first block, so it prepares all of them.
+        # secondary learns the workload from the first block, so it prepares all of them (a
+        # corpus was read already, if it was given).
         for name in (self.config.workload,) if self.config.primary else WORKLOADS:
-            Workload(name, self.config.seed).block(0, 0, STAMP.size)
+            if name != "corpus":
+                Workload(name, self.config.seed).block(0, 0, STAMP.size)
         self._establisher.listen()
         self.log(f"listening on {_fmt(self.config.listen)}, connecting to {_fmt(self.config.peer)}")
         self._establisher.start()
@@ -154,11 +156,14 @@ class Node:
         if self.stats.finished is None and self.stats.started is not None:
             self.stats.finish(self.reactor.seconds())
         verified = self.error is None and self._connected
-        extra = {
+        workload = self._workloadName()
+        extra: dict[str, Any] = {
             "protocol": self.config.protocol.name,
-            "workload": self._workloadName(),
+            "workload": workload,
             "agreed_version": self._handshake.agreed_version if self._handshake else None,
         }
+        if workload == "corpus" and self.config.corpus is not None:
+            extra["corpus"] = self.config.corpus.describe()
         self._done.callback(build_report(self.config.role, self.stats, self.error, verified, extra))
 
     def _workloadName(self) -> str | None:
@@ -218,7 +223,8 @@ class Node:
             return
         try:
             self._dispatch(sock, packet)
-        except (HandshakeError, ProtocolViolation, VerificationError, WireError) as e:
+        except (HandshakeError, ProtocolViolation, VerificationError, WireError,
+                CorpusError) as e:
             self.fail(str(e))
 
     # -- establishing and the handshake --------------------------------------------------------
@@ -310,7 +316,8 @@ class Node:
             sizes = self._handshake.peer_sizes
             sectors = sizes.c_size if sizes else self.config.device_size // 512
             self._role = SecondaryVerifier(
-                self.reactor, self._data, self._meta, self.stats, sectors, self._complete
+                self.reactor, self._data, self._meta, self.stats, sectors, self._complete,
+                self.config.corpus,
             )
         self._role.start()
         early, self._early_meta = self._early_meta, []

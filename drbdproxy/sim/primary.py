@@ -71,7 +71,7 @@ class PrimaryStream:
         self._meta = meta
         self._stats = stats
         self._finished = finished
-        self._workload = Workload(config.workload, config.seed)
+        self._workload = Workload.create(config.workload, config.seed, config.corpus)
         self._sectors = config.device_size // 512
         self._next_sector = 0
         self._epoch = Epoch(1)

@@ -22,7 +22,7 @@ from drbdproxy.drbd.payloads import (
 from drbdproxy.sim.primary import ProtocolViolation
 from drbdproxy.sim.report import Stats
 from drbdproxy.sim.sockets import DrbdSocket
-from drbdproxy.sim.workload import Workload, next_sector
+from drbdproxy.sim.workload import Corpus, Workload, next_sector
 
 
 class VerificationError(Exception):
@@ -38,6 +38,7 @@ class SecondaryVerifier:
         stats: Stats,
         device_sectors: int,
         finished: Callable[[], None],
+        corpus: Corpus | None = None,
     ) -> None:
         self._clock = clock
         self._data = data
@@ -45,6 +46,7 @@ class SecondaryVerifier:
         self._stats = stats
         self._sectors = device_sectors
         self._finished = finished
+        self._corpus = corpus
         self._workload: Workload | None = None
         self._expected_sector = 0
         self._epoch_writes = 0
@@ -94,7 +96,7 @@ class SecondaryVerifier:
         if head.sector != self._expected_sector:
             raise VerificationError(f"{where}: expected sector {self._expected_sector}")
         if self._workload is None:
-            self._workload = Workload.from_stamp(block)
+            self._workload = Workload.from_stamp(block, self._corpus)  # or CorpusError
             if self._workload is None:
                 raise VerificationError(f"{where}: not a block drbd-sim wrote")
             self.workload_name = self._workload.name
