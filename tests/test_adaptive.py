@@ -31,8 +31,11 @@ DISK = {
 }
 
 
-def chooser(ceiling: float | None = None, cores: float = 2.0) -> AutoChooser:
+def chooser(ceiling: float | None = None, cores: float = 2.0, on: str = "lz4") -> AutoChooser:
+    """A chooser that has seen a trial of disk-like data, on candidate ``on``."""
     c = AutoChooser(candidates(parse_plugin("auto")), cores, ceiling)
+    assert c.current.name == "zstd-3"  # where every connection starts
+    c.current = next(x for x in c.ladder if x.name == on)
     assert c.trialDone(dict(DISK)) is None
     return c
 
@@ -79,6 +82,19 @@ def test_the_ladder_goes_up_to_max_level_and_only_to_what_the_peer_decompresses(
     assert [c.name for c in candidates(parse_plugin("auto"), peer)] == ["none", "lz4"]
 
 
+@pytest.mark.parametrize("line, peer, start", [
+    ("auto", None, "zstd-3"),
+    ("auto max-level 2", None, "zstd-2"),
+    ("auto max-level 1", None, "zstd-1"),
+    ("auto", {int(CodecId.RAW), int(CodecId.LZ4)}, "lz4"),
+    ("auto", {int(CodecId.RAW)}, "none"),
+])
+def test_auto_starts_on_zstd_3_or_the_nearest_the_ladder_has(line, peer, start):
+    """Before anything is measured auto compresses with zstd level 3, or what comes closest
+    within max-level and what the peer decompresses."""
+    assert AutoChooser(candidates(parse_plugin(line), peer), 2.0).current.name == start
+
+
 def test_a_trial_measures_cost_and_ratio_of_every_candidate_on_the_samples():
     """On text-like samples every compressor has a ratio above 1 and a CPU cost; zstd-9
     squeezes more than lz4; none costs nothing and its ratio counts only the frame headers."""
@@ -108,8 +124,7 @@ def test_a_thin_link_gets_the_highest_ratio_the_cpu_affords():
 def test_a_cpu_bound_connection_on_an_unknown_link_moves_to_a_lighter_codec():
     """CPU-bound on zstd-9 with the link's rate unknown: a lighter codec moves more, so auto
     steps down, planning with the CPU it really got: 50 MB/s at zstd-9's cost per byte."""
-    c = chooser()
-    c.current = next(x for x in c.ladder if x.name == "zstd-9")
+    c = chooser(on="zstd-9")
     choice = c.period(cpu_bound(50 * MB, cpu_rate=0.9, relay_cost=1 / (800 * MB)), now=0)
     assert choice is not None and choice.candidate.name in ("none", "lz4")
     got = 50 * MB * (c.relay_cost + DISK["zstd-9"].cost)
@@ -119,8 +134,7 @@ def test_a_cpu_bound_connection_on_an_unknown_link_moves_to_a_lighter_codec():
 def test_once_the_link_is_known_a_cpu_bound_codec_is_weighed_against_it():
     """The link was measured at 100 MB/s: none would move 100 MB/s at most, lz4 190; on lz4,
     CPU-bound at 150 MB/s, auto stays (none is slower), and it does not flap back to none."""
-    c = chooser()
-    c.current = next(x for x in c.ladder if x.name == "none")
+    c = chooser(on="none")
     c.linkChanged(None)
     c.period(link_bound(100 * MB, ratio=1.0), now=0)
     c.period(link_bound(100 * MB, ratio=1.0), now=2)

@@ -344,7 +344,7 @@ def test_adjust_keeps_compression_set_by_the_compression_option(daemon, tmp_path
 @pytest.mark.parametrize("v84", MODES)
 def test_plugin_auto_is_set_up_and_adjusted_by_drbdadm(daemon, tmp_path, v84):
     """`plugin { auto; }` in drbd.conf: proxy-up gives the connection plugin auto (starting on
-    lz4), adjust finds nothing to change, and an edit to `auto max-level 6` is applied in place
+    zstd level 3), adjust finds nothing to change, and an edit to `auto max-level 6` is applied in place
     by `set plugin` and then converges."""
     site = Site(tmp_path, daemon, v84)
     site.write(proxy_section("64M", ["auto"]))
@@ -352,7 +352,7 @@ def test_plugin_auto_is_set_up_and_adjusted_by_drbdadm(daemon, tmp_path, v84):
     site.assert_converged()
     assert site.settings() == ("64M", ["auto"])
     stats = daemon.ctl("print", "statistics", check=True).stdout
-    assert f"{site.conn_name}.codec auto:lz4" in stats, stats
+    assert f"{site.conn_name}.codec auto:zstd-3" in stats, stats
     site.write(proxy_section("64M", ["auto max-level 6"]))
     commands = site.adjust()
     assert f"set plugin {site.conn_name} 0 auto max-level 6" in commands, commands

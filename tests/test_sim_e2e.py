@@ -298,3 +298,22 @@ def test_cpu_seconds_cover_the_run_only():
     assert stats.cpu_seconds is None
     stats.finish(101.0)
     assert stats.cpu_seconds == 2.5 and stats.duration == 1.0
+
+
+def test_sigusr1_ends_a_primary_cleanly_and_verified(sims):
+    """A primary told to stop with SIGUSR1 while it writes without end ends as at --size: the
+    last epoch acknowledged, both reports verified, the secondary with every byte written."""
+    import os
+    import signal
+
+    p_port, s_port = free_ports(2)
+    primary_args, secondary_args = sim_pair_args(p_port, s_port, "--size", "1T",
+                                                 "--progress", "0.1")
+    secondary = sims(*secondary_args)
+    primary = sims(*primary_args)
+    secondary.wait_for_line("progress")
+    os.kill(primary.proc.pid, signal.SIGUSR1)
+    (prc, p), (src, s) = primary.report(), secondary.report()
+    assert (prc, src) == (0, 0), (p["error"], s["error"])
+    assert p["verified"] and s["verified"]
+    assert 0 < p["bytes"] == s["bytes"] < 1 << 40

@@ -60,8 +60,11 @@ __all__ = [
 
 #: zstd levels on the ladder: each step costs about twice the CPU of the one before.
 ZSTD_LADDER = (1, 3, 6, 9, 12, 15, 19, 22)
-#: Where ``auto`` starts before anything is measured: the default plugin's codec.
-START = "lz4"
+#: Where ``auto`` starts before anything is measured: zstd level 3 (or the nearest the ladder
+#: has). What is compressed before the first decision fills the buffer and crosses the link
+#: with that ratio: on a thin link that is memlimit's worth of seconds, so a start with a good
+#: ratio costs least there, while on a fast link a too heavy start is left within a period.
+START = "zstd-3"
 #: A better prediction must beat the current one by this much to be worth a change.
 HYSTERESIS = 0.10
 #: Periods to stay on a choice after a change: the first one still drains the old codec's frames.
@@ -193,7 +196,7 @@ class AutoChooser:
             raise ValueError("auto needs at least one candidate")
         self.ladder = tuple(ladder)
         self._by_name = {c.name: c for c in self.ladder}
-        self.current = self._by_name.get(START, self.ladder[0])
+        self.current = self._by_name.get(START) or _nearest_start(self.ladder)
         self.cores = cores
         self._cores_guessed = True  # the first measurement replaces the guess
         self.relay_cost = DEFAULT_RELAY_COST
@@ -309,6 +312,14 @@ class AutoChooser:
         self.current = to
         self._settled = 0
         return choice
+
+
+def _nearest_start(ladder: Sequence[Candidate]) -> Candidate:
+    # Below level 3 (max-level 1 or 2), the highest zstd level; without zstd, lz4 or none.
+    zstd = [c for c in ladder if c.name.startswith("zstd-")]
+    if zstd:
+        return min(zstd, key=lambda c: abs(int(c.name[len("zstd-"):]) - 3))
+    return ladder[-1]
 
 
 def _speed(cost: float) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from typing import Any, Callable, NoReturn, Sequence
 
@@ -42,6 +43,9 @@ the same with real data (both nodes read the same file):
   drbd-sim --role secondary --listen 127.0.0.1:7790 --peer 127.0.0.1:7789 --corpus corpus.tar &
   drbd-sim --role primary   --listen 127.0.0.1:7789 --peer 127.0.0.1:7790 --size 64M \
            --workload corpus --corpus corpus.tar
+
+SIGUSR1 tells a primary to stop writing: it ends as at --size or --duration, cleanly once
+everything it wrote is acknowledged, with its report.
 """
 
 
@@ -237,6 +241,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
         for i, d in enumerate(runs):
             d.addCallback(ended, i).addErrback(crashed)
+
+        def stop_writing(signum: int, frame: Any) -> None:
+            # A signal handler may run between any two bytecodes: act from the reactor.
+            reactor.callFromThread(lambda: [node.stopWriting() for node in nodes])
+
+        signal.signal(signal.SIGUSR1, stop_writing)
 
     reactor.callWhenRunning(start)
     reactor.run()

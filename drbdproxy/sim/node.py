@@ -104,6 +104,7 @@ class Node:
         self._early_meta: list[Packet] = []
         self._finished = False
         self._progress: LoopingCall | None = None
+        self._stop_writing = False
 
     # -- lifecycle -----------------------------------------------------------------------------
     def run(self) -> Deferred[dict[str, Any]]:
@@ -118,6 +119,17 @@ class Node:
         self._establisher.start()
         self._connect_timer = self.reactor.callLater(self.config.connect_timeout, self._noPeer)
         return self._done
+
+    def stopWriting(self) -> None:
+        """A primary writes nothing more and ends cleanly once all it wrote is acknowledged
+        (at once if it never connected); a secondary ignores it."""
+        if not self.config.primary or self._finished:
+            return
+        self._stop_writing = True
+        if isinstance(self._role, PrimaryStream):
+            self._role.endWriting()
+        elif not self._connected:
+            self.fail("stopped before it connected")
 
     def _noPeer(self) -> None:
         self.fail(f"no connection to the peer at {_fmt(self.config.peer)} within"
@@ -320,6 +332,8 @@ class Node:
                 self.config.corpus,
             )
         self._role.start()
+        if self._stop_writing and isinstance(self._role, PrimaryStream):
+            self._role.endWriting()
         early, self._early_meta = self._early_meta, []
         for packet in early:
             self._dispatch(self._meta, packet)

@@ -187,6 +187,11 @@ class PrimaryStream:
         self._stats.epochs += 1
         self._epoch = Epoch(self._epoch.number + 1)
 
+    def endWriting(self) -> None:
+        """Write no more: the last epoch's barrier goes now, and the run ends cleanly once
+        everything written is acknowledged (as when --size or --duration is reached)."""
+        self._endWriting()
+
     def _endWriting(self) -> None:
         if not self._writing:
             return
