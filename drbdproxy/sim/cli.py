@@ -242,9 +242,13 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         for i, d in enumerate(runs):
             d.addCallback(ended, i).addErrback(crashed)
 
+        def stop_nodes() -> None:
+            for node in nodes:
+                node.stopWriting()
+
         def stop_writing(signum: int, frame: Any) -> None:
             # A signal handler may run between any two bytecodes: act from the reactor.
-            reactor.callFromThread(lambda: [node.stopWriting() for node in nodes])
+            reactor.callFromThread(stop_nodes)  # type: ignore[attr-defined]
 
         signal.signal(signal.SIGUSR1, stop_writing)
 
