@@ -7,6 +7,7 @@ import random
 import pytest
 
 from drbdproxy.codecs import CodecId, PluginError, parse_plugin
+from helpers import DISK_TRIAL
 from drbdproxy.codecs.adaptive import (
     DWELL,
     AutoChooser,
@@ -20,15 +21,7 @@ from drbdproxy.codecs.adaptive import (
 pytestmark = pytest.mark.unit
 
 MB = 1e6
-#: Ratios and per-CPU speeds like disk-like data on this machine's class of CPU.
-DISK = {
-    "none": Measured(0.0, 1.0),
-    "lz4": Measured(1 / (700 * MB), 1.9),
-    "zstd-1": Measured(1 / (300 * MB), 2.2),
-    "zstd-3": Measured(1 / (180 * MB), 2.3),
-    "zstd-6": Measured(1 / (90 * MB), 2.4),
-    "zstd-9": Measured(1 / (60 * MB), 2.5),
-}
+DISK = DISK_TRIAL
 
 
 def chooser(ceiling: float | None = None, cores: float = 2.0, on: str = "lz4") -> AutoChooser:

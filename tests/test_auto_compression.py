@@ -12,6 +12,7 @@ from twisted.logger import LogLevel
 
 from drbdproxy.codecs import CodecId, parse_plugin
 from drbdproxy.codecs.adaptive import Measured, candidates
+from helpers import DISK_TRIAL as DISK
 from drbdproxy.link import Accepted, LinkRole
 from drbdproxy.relay.compression import PERIOD, TICK, AutoCompression, Compression
 from drbdproxy.relay.encoder import CompressionMeter
@@ -19,15 +20,6 @@ from helpers import logged
 
 pytestmark = pytest.mark.unit
 
-MB = 1e6
-DISK = {
-    "none": Measured(0.0, 1.0),
-    "lz4": Measured(1 / (700 * MB), 1.9),
-    "zstd-1": Measured(1 / (300 * MB), 2.2),
-    "zstd-3": Measured(1 / (180 * MB), 2.3),
-    "zstd-6": Measured(1 / (90 * MB), 2.4),
-    "zstd-9": Measured(1 / (60 * MB), 2.5),
-}
 
 
 class Encoder:
