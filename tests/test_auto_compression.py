@@ -39,9 +39,13 @@ class Encoder:
 class Probe:
     held: bool = False
     backlogged: bool = False
+    sent: int = 0
 
     def linkHeld(self) -> bool:
         return self.held
+
+    def linkSent(self) -> int:
+        return self.sent
 
     def readsPaused(self) -> bool:
         return self.backlogged
@@ -57,13 +61,15 @@ def auto(encoder: Encoder, probe: Probe, clock: Clock, bwlimit: int = 0) -> Auto
 CHUNK = b"x" * (256 << 10)
 
 
-def run(clock: Clock, a: AutoCompression, seconds: float, wire_per_tick: int = 0) -> None:
+def run(clock: Clock, a: AutoCompression, probe: Probe, seconds: float,
+        wire_per_tick: int = 0) -> None:
     """Advance ``seconds`` a tick at a time; each tick a DRBD read goes by, whose chunk's
-    encoding makes ``wire_per_tick`` bytes (none: no data)."""
+    encoding makes ``wire_per_tick`` bytes, which the link takes (none: no data)."""
     for _ in range(round(seconds / TICK)):
         if wire_per_tick:
             a.sample([CHUNK])
             a.encoded(int(CodecId.LZ4), len(CHUNK), wire_per_tick)
+            probe.sent += wire_per_tick
         clock.advance(TICK)
 
 
@@ -75,11 +81,12 @@ def test_a_link_held_by_bwlimit_moves_auto_to_the_highest_ratio_and_logs_why():
     a = auto(encoder, probe, clock, bwlimit=1_000_000)
     a.chooser.current = a.ladder[1]  # lz4
     with logged(LogLevel.info) as log:
-        run(clock, a, PERIOD + 2 * TICK, wire_per_tick=100_000)
+        run(clock, a, probe, PERIOD + 2 * TICK, wire_per_tick=100_000)
     assert a.describe() == "auto:zstd-9"
     assert encoder.trials >= 1
     [line] = log.lines("compression of r0")
     assert "now zstd-9 (was lz4): link-bound" in line and "ratio 2.50" in line
+    assert "link 1.00 MB/s" in line  # what it drained between looks that found it full
 
 
 def test_an_idle_connection_holds_no_timer_and_the_next_read_starts_the_watch_again():
@@ -90,7 +97,7 @@ def test_an_idle_connection_holds_no_timer_and_the_next_read_starts_the_watch_ag
     assert clock.getDelayedCalls() == []
     a.sample([CHUNK])
     assert len(clock.getDelayedCalls()) == 1
-    run(clock, a, PERIOD + TICK)
+    run(clock, a, probe, PERIOD + TICK)
     assert clock.getDelayedCalls() == []
     a.sample([CHUNK])
     assert len(clock.getDelayedCalls()) == 1

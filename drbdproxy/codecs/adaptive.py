@@ -14,8 +14,9 @@ frame headers included) come from a *trial*: every candidate compresses samples 
 connection's recent data in a worker thread, timed by that thread's CPU clock. The rest is
 learnt from the running connection, one period at a time:
 
-* ``link_rate`` (wire bytes a second) from periods in which ready frames waited for the link
-  (the link is the limit), capped by bwlimit, which also stands in for it until measured;
+* ``link_rate`` (wire bytes a second) from what the link drained between looks at it that both
+  found frames waiting for it (its window full, or bwlimit's tokens out), capped by bwlimit,
+  which also stands in for it until measured;
 * ``cores`` from periods in which the CPU was the limit (reads waited for compression, or the
   reactor thread was busy all the time): the raw rate the current codec achieved times what
   the model says a byte costs with it. On a shared machine that is less than the core count,
@@ -26,8 +27,9 @@ An unknown link rate is taken as unlimited: a CPU-bound connection then tries a 
 and learns the link's rate if that one fills it. The best prediction wins only if it beats the
 current one by :data:`HYSTERESIS`, no sooner than :data:`DWELL` periods after the last change,
 and only after a period that was limited by something (a connection that only gets what DRBD
-writes tells nothing about what would be faster). What a candidate really achieved while limited
-caps its prediction for a while, so a model error is tried once, not again and again.
+writes tells nothing about what would be faster). What a candidate really achieved while the CPU
+was the limit caps its prediction for a while, so a model error is tried once, not again and
+again. Costs and ratios are averaged over trials, so sampling noise does not make it wander.
 Incompressible data switches to none at once (:meth:`AutoChooser.live`), without waiting.
 """
 
@@ -65,8 +67,10 @@ ZSTD_LADDER = (1, 3, 6, 9, 12, 15, 19, 22)
 #: with that ratio: on a thin link that is memlimit's worth of seconds, so a start with a good
 #: ratio costs least there, while on a fast link a too heavy start is left within a period.
 START = "zstd-3"
-#: A better prediction must beat the current one by this much to be worth a change.
-HYSTERESIS = 0.10
+#: A better prediction must beat the current one by this much to be worth a change. It is
+#: also the most auto may leave behind by staying: at 4 % it keeps within 0.96 of the best
+#: prediction. Trials are averaged, so neighbouring levels do not trade places on noise.
+HYSTERESIS = 0.04
 #: Periods to stay on a choice after a change: the first one still drains the old codec's frames.
 DWELL = 2
 #: Below this raw/wire ratio data counts as incompressible (the chunks' own threshold is 1/32).
@@ -162,6 +166,9 @@ class Period:
     cpu_rate: float
     #: The process's CPU seconds per raw byte outside compression (None: too few bytes to say).
     relay_cost: float | None = None
+    #: Wire bytes a second the link drained while it held frames back from one look to the
+    #: next (its window full all along, so exactly what it carried); None: too seldom held.
+    drained: float | None = None
 
     @property
     def bound(self) -> Bound:
@@ -216,9 +223,19 @@ class AutoChooser:
         self._achieved.clear()
 
     def trialDone(self, measured: dict[str, Measured]) -> Choice | None:
-        """A trial's results; switches to none at once if nothing compresses the samples."""
-        self.measured = {name: m for name, m in measured.items() if name in self._by_name}
-        squeezed = [m.ratio for name, m in self.measured.items() if name != "none"]
+        """A trial's results; switches to none at once if nothing compresses the samples.
+
+        What the model plans with is averaged over trials: four chunks are a small sample,
+        and their ratio alone would make the choice wander between neighbouring levels."""
+        fresh = {name: m for name, m in measured.items() if name in self._by_name}
+        if not self.incompressible:
+            for name, m in fresh.items():
+                old = self.measured.get(name)
+                if old is not None:
+                    fresh[name] = Measured(0.5 * old.cost + 0.5 * m.cost,
+                                           0.5 * old.ratio + 0.5 * m.ratio)
+        self.measured = fresh
+        squeezed = [m.ratio for name, m in measured.items() if name in fresh and name != "none"]
         if not squeezed:
             return None
         best = max(squeezed)
@@ -248,12 +265,15 @@ class AutoChooser:
         if p.relay_cost is not None and p.relay_cost > 0:
             self.relay_cost = 0.5 * self.relay_cost + 0.5 * p.relay_cost
         wire_rate = p.wire / p.seconds if p.seconds > 0 else 0.0
-        if bound is Bound.LINK:
-            learnt = wire_rate if self.link_rate is None or self.link_rate == self.ceiling \
-                else 0.5 * self.link_rate + 0.5 * wire_rate
+        if p.drained is not None:
+            known = self.link_rate if self.link_rate != self.ceiling else None
+            learnt = p.drained if known is None else 0.5 * known + 0.5 * p.drained
             self.link_rate = min(learnt, self.ceiling) if self.ceiling else learnt
-        elif self.link_rate is not None and wire_rate > self.link_rate:
-            # The link took more than we thought it could (bwlimit still caps it).
+        elif (bound is Bound.CPU and p.link_held < 0.1 and self.link_rate is not None
+              and wire_rate > self.link_rate):
+            # The link took all the CPU could give it, more than we thought it could: it got
+            # faster (bwlimit still caps it). Only then: a period that merely refilled the
+            # sockets' buffers after a pause moves more than the link carries.
             self.link_rate = min(wire_rate, self.ceiling) if self.ceiling else wire_rate
         mine = self.measured.get(self.current.name)
         if bound is Bound.CPU and mine is not None and p.seconds > 0:
@@ -263,7 +283,9 @@ class AutoChooser:
             got = p.raw / p.seconds * (self.relay_cost + mine.cost)
             blended = got if self._cores_guessed else 0.5 * self.cores + 0.5 * got
             self.cores, self._cores_guessed = max(0.05, blended), False
-        if bound is not Bound.DEMAND and p.seconds > 0:
+        if bound is Bound.CPU and p.seconds > 0:
+            # What the CPU allowed: a cap the model's costs may miss. (Under a link limit the
+            # model's link x ratio already says what a candidate moves.)
             self._achieved[self.current.name] = (p.raw / p.seconds, now)
         if bound is Bound.DEMAND or self.incompressible or self._settled < DWELL:
             return None
@@ -281,7 +303,7 @@ class AutoChooser:
         estimate = min(cpu, reactor, link)
         achieved = self._achieved.get(name)
         if achieved is not None and now - achieved[1] <= ACHIEVED_TTL:
-            estimate = min(estimate, achieved[0] * (1 + HYSTERESIS / 2))
+            estimate = min(estimate, achieved[0] * (1 + HYSTERESIS))
         return estimate
 
     def _choose(self, bound: Bound, now: float) -> Choice | None:

@@ -47,6 +47,8 @@ SAMPLE_MIN = 64 << 10
 TRIAL_SHARE = 25
 #: Raw bytes the whole process must encode in a period to measure the relay's cost per byte.
 RELAY_COST_MIN_BYTES = 4 << 20
+#: Seconds of a period the link must hold frames back, look after look, to measure its rate.
+DRAINED_MIN_SECONDS = 0.5
 
 
 class LinkProbe(Protocol):
@@ -57,6 +59,9 @@ class LinkProbe(Protocol):
 
     def readsPaused(self) -> bool:
         """Reads from DRBD wait: the buffer is at memlimit, or compression lags behind."""
+
+    def linkSent(self) -> int:
+        """Bytes handed to the bulk link so far (0 without one)."""
 
 
 def usable_cpus() -> int:
@@ -141,6 +146,8 @@ class AutoCompression:
     def _reset_period(self) -> None:
         self._started = self._clock.seconds()
         self._ticks = self._held = self._backlogged = 0
+        self._drained_bytes, self._drained_seconds = 0, 0.0
+        self._last_held: tuple[float, int] | None = None
         self._raw = self._wire = 0
         self._cpu = self._cpu_clock()
         self._reactor_cpu = self._thread_clock()
@@ -148,12 +155,21 @@ class AutoCompression:
 
     def _tick(self) -> None:
         self._ticks += 1
+        now = self._clock.seconds()
         held = self._probe.linkHeld()
         self._held += held
+        if held:
+            sent = self._probe.linkSent()
+            if self._last_held is not None and sent >= self._last_held[1]:
+                # Held at both looks: the window stayed full, so what went is what it carried.
+                self._drained_bytes += sent - self._last_held[1]
+                self._drained_seconds += now - self._last_held[0]
+            self._last_held = (now, sent)
+        else:
+            self._last_held = None
         # Reads wait while the link takes all it is given: the buffer fills with data still
         # to be compressed (or, without compression, to be framed): the CPU is the limit.
         self._backlogged += self._probe.readsPaused() and not held
-        now = self._clock.seconds()
         if self._samples and not self._trial_running and now >= self._next_trial:
             self._trial()
         if now - self._started >= PERIOD:
@@ -170,7 +186,9 @@ class AutoCompression:
             link_held=self._held / max(self._ticks, 1),
             backlogged=self._backlogged / max(self._ticks, 1),
             reactor_busy=(self._thread_clock() - self._reactor_cpu) / seconds,
-            cpu_rate=cpu / seconds, relay_cost=relay_cost)
+            cpu_rate=cpu / seconds, relay_cost=relay_cost,
+            drained=(self._drained_bytes / self._drained_seconds
+                     if self._drained_seconds >= DRAINED_MIN_SECONDS else None))
         idle = self._raw == 0 and not self._probe.linkHeld()
         self._apply(self.chooser.period(period, now))
         self._log.debug("auto compression of {name}: {bound}-bound period, {raw} raw bytes in"

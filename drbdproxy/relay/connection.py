@@ -148,6 +148,10 @@ class ProxyConnection(Service):
     def readsPaused(self) -> bool:
         return not self.budget.reading
 
+    def linkSent(self) -> int:
+        writer = self.bulk.writer if self.bulk is not None else None
+        return 0 if writer is None else writer.sent
+
     def _applyBwlimit(self) -> None:
         # Only the bulk link is limited: meta traffic and heartbeats never wait for tokens.
         if self.bulk is not None and self.bulk.writer is not None:
