@@ -21,6 +21,7 @@ from drbdproxy.admin.logs import logger
 from drbdproxy.codecs import Codec, PluginSpec
 from drbdproxy.codecs.adaptive import (
     FRAME_OVERHEAD,
+    LIVE_MIN_BYTES,
     AutoChooser,
     Candidate,
     Choice,
@@ -122,7 +123,7 @@ class AutoCompression:
         self._wire += payload + FRAME_OVERHEAD
         self._live[0] += raw
         self._live[1] += payload
-        if self._live[0] >= (1 << 19):
+        if self._live[0] >= LIVE_MIN_BYTES:
             raw_live, wire_live = self._live
             self._live = [0, 0]
             self._apply(self.chooser.live(raw_live, wire_live))
