@@ -106,13 +106,13 @@ def test_an_idle_connection_holds_no_timer_and_the_next_read_starts_the_watch_ag
 
 
 def test_chunks_that_do_not_compress_switch_to_none_before_any_period_ends():
-    """Encoded chunks as large as their raw data: auto is on none after half a MiB of them,
-    with no tick of the clock at all."""
+    """Encoded chunks as large as their raw data: auto is on none after 4 MiB of them, with
+    no tick of the clock at all."""
     clock, encoder, probe = Clock(), Encoder(DISK), Probe()
     a = auto(encoder, probe, clock)
     a.sample([CHUNK])
     with logged(LogLevel.info) as log:
-        for _ in range(2):
+        for _ in range((4 << 20) // len(CHUNK)):
             a.encoded(int(CodecId.RAW), len(CHUNK), len(CHUNK))
     assert a.describe() == "auto:none"
     assert "incompressible data" in log.lines("compression of r0")[0]
