@@ -81,12 +81,12 @@ def test_a_link_held_by_bwlimit_moves_auto_to_the_highest_ratio_and_logs_why():
     a = auto(encoder, probe, clock, bwlimit=1_000_000)
     a.chooser.current = a.ladder[1]  # lz4
     with logged(LogLevel.info) as log:
-        run(clock, a, probe, PERIOD + 2 * TICK, wire_per_tick=100_000)
+        run(clock, a, probe, PERIOD + 2 * TICK, wire_per_tick=80_000)
     assert a.describe() == "auto:zstd-9"
     assert encoder.trials >= 1
     [line] = log.lines("compression of r0")
     assert "now zstd-9 (was lz4): link-bound" in line and "ratio 2.50" in line
-    assert "link 1.00 MB/s" in line  # what it drained between looks that found it full
+    assert "link 0.80 MB/s" in line  # what it drained between looks that found it full
 
 
 def test_an_idle_connection_holds_no_timer_and_the_next_read_starts_the_watch_again():
@@ -152,8 +152,39 @@ def test_a_connection_keeps_its_auto_choice_across_a_settings_change_and_a_new_l
     c.reset([parse_plugin("auto")], None, 1_000_000)
     assert c.auto is first and c.describe() == "auto:zstd-9"
     assert first.chooser.link_rate == 1_000_000
+    first.chooser.link_rate = 900_000  # as if measured
+    c.reset([parse_plugin("auto")], accepted(*CodecId), 1_000_000)  # a new link, same codecs
+    assert c.auto is first and c.describe() == "auto:zstd-9"
+    assert first.chooser.link_rate == 1_000_000  # the measurement was of the old link
+    first.chooser.link_rate = 900_000
+    c.reset([parse_plugin("auto")], accepted(*CodecId), 1_000_000)  # nothing changed
+    assert first.chooser.link_rate == 900_000
     c.reset([parse_plugin("auto")], accepted(CodecId.RAW, CodecId.LZ4), 0)
     assert c.auto is not first and [x.name for x in c.auto.ladder] == ["none", "lz4"]
     c.reset([parse_plugin("zstd level 4")], None, 0)
     assert c.auto is None and c.describe() == "zstd level 4"
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_replaced_auto_ignores_its_last_trial_and_never_restarts():
+    """Once the connection has replaced it (another plugin line, another ladder), a trial that
+    comes back late changes and logs nothing, and no DRBD read starts its watch again."""
+    clock, probe = Clock(), Probe()
+    pending: Deferred[dict[str, Measured]] = Deferred()
+
+    class Late(Encoder):
+        def trial(self, ladder, samples):
+            self.trials += 1
+            return pending
+
+    encoder = Late(DISK)
+    a = auto(encoder, probe, clock)
+    a.sample([CHUNK])
+    clock.advance(TICK)
+    assert encoder.trials == 1
+    a.close()
+    with logged(LogLevel.info) as log:
+        pending.callback({name: Measured(m.cost, 1.0) for name, m in DISK.items()})
+    assert log.lines() == [] and a.describe() == "auto:zstd-3"
+    a.sample([CHUNK])
     assert clock.getDelayedCalls() == []

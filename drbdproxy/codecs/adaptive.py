@@ -207,8 +207,9 @@ class AutoChooser:
         self.ladder = tuple(ladder)
         self._by_name = {c.name: c for c in self.ladder}
         self.current = self._by_name.get(START) or _nearest_start(self.ladder)
-        self.cores = cores
+        self.cores = self._cores_guess = cores
         self._cores_guessed = True  # the first measurement replaces the guess
+        self._cores_learnt = 0.0
         self.relay_cost = DEFAULT_RELAY_COST
         self.measured: dict[str, Measured] = {}
         self.incompressible = False
@@ -270,7 +271,7 @@ class AutoChooser:
         if p.relay_cost is not None and p.relay_cost > 0:
             self.relay_cost = 0.5 * self.relay_cost + 0.5 * p.relay_cost
         wire_rate = p.wire / p.seconds if p.seconds > 0 else 0.0
-        if p.drained is not None:
+        if p.drained:  # None: too seldom held; 0: a stalled peer, which says nothing of the link
             known = self.link_rate if self.link_rate != self.ceiling else None
             learnt = p.drained if known is None else 0.5 * known + 0.5 * p.drained
             self.link_rate = min(learnt, self.ceiling) if self.ceiling else learnt
@@ -280,20 +281,31 @@ class AutoChooser:
             # faster (bwlimit still caps it). Only then: a period that merely refilled the
             # sockets' buffers after a pause moves more than the link carries.
             self.link_rate = min(wire_rate, self.ceiling) if self.ceiling else wire_rate
+        # The period right after a change still carries frames of the codec before: what was
+        # achieved in it says nothing about either.
+        settled = self._settled >= DWELL
         mine = self.measured.get(self.current.name)
-        if bound is Bound.CPU and mine is not None and p.seconds > 0:
+        if (bound is Bound.CPU and settled and mine is not None and mine.cost > 0
+                and p.backlogged >= BACKLOGGED):
             # The CPU it really got, in the model's terms: what the current codec achieved
-            # times what the model says each byte costs. Any error of the model for this
-            # codec is thus corrected for the others too.
+            # while compression was the limit, times what the model says each byte costs. Any
+            # error of the model for this codec is thus corrected for the others too.
             got = p.raw / p.seconds * (self.relay_cost + mine.cost)
             blended = got if self._cores_guessed else 0.5 * self.cores + 0.5 * got
             self.cores, self._cores_guessed = max(0.05, blended), False
-        if bound is Bound.CPU and p.seconds > 0:
+            self._cores_learnt = now
+        elif not self._cores_guessed and now - self._cores_learnt > ACHIEVED_TTL:
+            # Learnt long ago, maybe under load that has gone: back to the guess, so a heavier
+            # codec the CPU may afford now is tried again (what it achieves corrects it).
+            self.cores, self._cores_guessed = self._cores_guess, True
+        if bound is Bound.CPU and settled:
             # What the CPU allowed: a cap the model's costs may miss. (Under a link limit the
             # model's link x ratio already says what a candidate moves.)
             self._achieved[self.current.name] = (p.raw / p.seconds, now)
-        if bound is Bound.DEMAND or self.incompressible or self._settled < DWELL:
+        if bound is Bound.DEMAND or self.incompressible or not settled:
             return None
+        if bound is Bound.LINK and self.link_rate is None:
+            return None  # held back by a link whose rate is not measured yet: wait for it
         if self.current.name not in self.measured:
             return None
         return self._choose(bound, now)

@@ -40,7 +40,8 @@ PERIOD = 2.0
 #: Trials compress the latest SAMPLES samples, each as one chunk, as the link would. After a
 #: trial starts, the next SAMPLES DRBD reads at least SAMPLE_SPACING raw bytes apart give one
 #: each: their first chunk, if it has SAMPLE_MIN bytes (smaller ones are DRBD's headers, not
-#: its data). So at most SAMPLES chunks are copied per trial, and at most SAMPLES are held.
+#: its data). So at most SAMPLES chunks are copied per trial, and at most twice that are held
+#: (a trial's and the next one's): 2 MiB per connection.
 SAMPLES = 4
 SAMPLE_SPACING = 1 << 20
 SAMPLE_MIN = 64 << 10
@@ -96,6 +97,8 @@ class AutoCompression:
         self._trial_running = False
         self._next_trial = 0.0
         self._live = [0, 0]
+        self._closed = False
+        self._last_held: tuple[float, int] | None = None
         self._reset_period()
 
     @property
@@ -114,7 +117,7 @@ class AutoCompression:
                 self._samples.append(bytes(pieces[0]))
                 self._until_sample = SAMPLE_SPACING
                 self._wanted -= 1
-        if self._loop is None:
+        if self._loop is None and not self._closed:
             self._start()
 
     def encoded(self, codec_id: int, raw: int, payload: int) -> None:
@@ -129,13 +132,22 @@ class AutoCompression:
             self._apply(self.chooser.live(raw_live, wire_live))
 
     def linkChanged(self, bwlimit: int) -> None:
-        """A new link or another bwlimit: what was learnt about the old one says nothing now."""
+        """A new link or another bwlimit: what was learnt about the old one says nothing now,
+        nor does what this period saw of it."""
         self.chooser.linkChanged(bwlimit or None)
+        self._drained_bytes, self._drained_seconds = 0, 0.0
+        self._last_held = None
 
     def stop(self) -> None:
+        """Stop watching until the next DRBD read."""
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
+
+    def close(self) -> None:
+        """The connection no longer uses this: stop for good, and ignore a trial still out."""
+        self._closed = True
+        self.stop()
 
     # -- the watch -------------------------------------------------------------------------------
     def _start(self) -> None:
@@ -148,7 +160,7 @@ class AutoCompression:
         self._started = self._clock.seconds()
         self._ticks = self._held = self._backlogged = 0
         self._drained_bytes, self._drained_seconds = 0, 0.0
-        self._last_held: tuple[float, int] | None = None
+        self._last_held = None
         self._raw = self._wire = 0
         self._cpu = self._cpu_clock()
         self._reactor_cpu = self._thread_clock()
@@ -212,6 +224,8 @@ class AutoCompression:
 
     def _trialDone(self, measured: dict[str, Measured], size: int) -> None:
         self._trial_running = False
+        if self._closed:
+            return
         spent = sum(m.cost for m in measured.values()) * size
         self._next_trial = self._clock.seconds() + max(PERIOD, TRIAL_SHARE * spent)
         self._apply(self.chooser.trialDone(measured))
@@ -224,6 +238,7 @@ class AutoCompression:
     def _apply(self, choice: Choice | None) -> None:
         if choice is None:
             return
+        self._live = [0, 0]  # what the codec before made of its chunks says nothing of this one
         self._log.info("compression of {name} now {new} (was {old}): {reason}", name=self.name,
                        new=choice.candidate.name, old=choice.previous.name, reason=choice.reason)
 
@@ -288,5 +303,5 @@ class Compression:
 
     def _stopAuto(self) -> None:
         if self.auto is not None:
-            self.auto.stop()
+            self.auto.close()
         self.auto = None
