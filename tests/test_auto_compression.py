@@ -30,9 +30,9 @@ class Encoder:
         self.measured = measured
         self.trials = 0
 
-    def trial(self, ladder, samples) -> Deferred[dict[str, Measured]]:
+    def trial(self, ladder, samples) -> Deferred[tuple[dict[str, Measured], float]]:
         self.trials += 1
-        return succeed(dict(self.measured))
+        return succeed((dict(self.measured), 0.001))
 
 
 @dataclass
@@ -170,7 +170,7 @@ def test_a_replaced_auto_ignores_its_last_trial_and_never_restarts():
     """Once the connection has replaced it (another plugin line, another ladder), a trial that
     comes back late changes and logs nothing, and no DRBD read starts its watch again."""
     clock, probe = Clock(), Probe()
-    pending: Deferred[dict[str, Measured]] = Deferred()
+    pending: Deferred[tuple[dict[str, Measured], float]] = Deferred()
 
     class Late(Encoder):
         def trial(self, ladder, samples):
@@ -184,7 +184,7 @@ def test_a_replaced_auto_ignores_its_last_trial_and_never_restarts():
     assert encoder.trials == 1
     a.close()
     with logged(LogLevel.info) as log:
-        pending.callback({name: Measured(m.cost, 1.0) for name, m in DISK.items()})
+        pending.callback(({name: Measured(m.cost, 1.0) for name, m in DISK.items()}, 0.001))
     assert log.lines() == [] and a.describe() == "auto:zstd-3"
     a.sample([CHUNK])
     assert clock.getDelayedCalls() == []

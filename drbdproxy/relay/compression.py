@@ -219,14 +219,13 @@ class AutoCompression:
         samples = list(self._samples)
         self._wanted = SAMPLES  # fresh ones for the next trial
         d = self._encoder.trial(self.ladder, samples)
-        d.addCallbacks(self._trialDone, self._trialFailed,
-                       callbackArgs=(sum(len(s) for s in samples),))
+        d.addCallbacks(self._trialDone, self._trialFailed)
 
-    def _trialDone(self, measured: dict[str, Measured], size: int) -> None:
+    def _trialDone(self, result: tuple[dict[str, Measured], float]) -> None:
         self._trial_running = False
         if self._closed:
             return
-        spent = sum(m.cost for m in measured.values()) * size
+        measured, spent = result
         self._next_trial = self._clock.seconds() + max(PERIOD, TRIAL_SHARE * spent)
         self._apply(self.chooser.trialDone(measured))
 

@@ -22,7 +22,6 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IListeningPort
 
 from drbdproxy.admin.logs import logger
-from drbdproxy.codecs import Codec
 from drbdproxy.relay.compression import Compression
 from drbdproxy.link import CloseReason, GoAway, GoAwayReason, StreamKind
 from drbdproxy.relay.admission import LinkAdmission, Network, peer_names
@@ -119,10 +118,6 @@ class ProxyConnection(Service):
         return self.links.bulk
 
     # -- settings --------------------------------------------------------------------------------
-    @property
-    def codec(self) -> Codec:
-        return self.compression.codec
-
     def settingsChanged(self) -> None:
         """Apply settings live: memlimit at once, a new codec from the next chunk on, link-cc,
         bwlimit (and the drain rate is measured afresh under it)."""

@@ -77,10 +77,10 @@ def _encode_all(codec: Codec, pieces: list[bytes | memoryview],
 
 
 def _trial(meter: CompressionMeter, ladder: Sequence[Candidate], samples: Sequence[Buffer]
-           ) -> dict[str, Measured]:
+           ) -> tuple[dict[str, Measured], float]:
     measured, spent = trial(ladder, samples)
     meter.add(spent)
-    return measured
+    return measured, spent
 
 
 class ChunkEncoder:
@@ -107,8 +107,9 @@ class ChunkEncoder:
         return self._workers.submit(_encode_all, codec, pieces, self.meter)
 
     def trial(self, ladder: Sequence[Candidate], samples: Sequence[Buffer]
-              ) -> Deferred[dict[str, Measured]]:
-        """Every candidate of ``auto`` on ``samples``, in a worker thread (see adaptive.trial)."""
+              ) -> Deferred[tuple[dict[str, Measured], float]]:
+        """Every candidate of ``auto`` on ``samples`` in a worker thread, and the CPU seconds
+        that took (see adaptive.trial)."""
         return self._workers.submit(_trial, self.meter, ladder, samples)
 
 

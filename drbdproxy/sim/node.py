@@ -104,7 +104,6 @@ class Node:
         self._early_meta: list[Packet] = []
         self._finished = False
         self._progress: LoopingCall | None = None
-        self._stop_writing = False
 
     # -- lifecycle -----------------------------------------------------------------------------
     def run(self) -> Deferred[dict[str, Any]]:
@@ -125,10 +124,9 @@ class Node:
         (at once if it never connected); a secondary ignores it."""
         if not self.config.primary or self._finished:
             return
-        self._stop_writing = True
-        if isinstance(self._role, PrimaryStream):
+        if isinstance(self._role, PrimaryStream):  # made as it connected
             self._role.endWriting()
-        elif not self._connected:
+        else:
             self.fail("stopped before it connected")
 
     def _noPeer(self) -> None:
@@ -168,14 +166,7 @@ class Node:
         if self.stats.finished is None and self.stats.started is not None:
             self.stats.finish(self.reactor.seconds())
         verified = self.error is None and self._connected
-        workload = self._workloadName()
-        extra: dict[str, Any] = {
-            "protocol": self.config.protocol.name,
-            "workload": workload,
-            "agreed_version": self._handshake.agreed_version if self._handshake else None,
-        }
-        if workload == "corpus" and self.config.corpus is not None:
-            extra["corpus"] = self.config.corpus.describe()
+        extra = _report_fields(self.config, self._handshake, self._workloadName())
         self._done.callback(build_report(self.config.role, self.stats, self.error, verified, extra))
 
     def _workloadName(self) -> str | None:
@@ -320,20 +311,9 @@ class Node:
         )
         self._pinger = Pinger(self, self._meta)
         self._pinger.start()
-        if self.config.primary:
-            self._role = PrimaryStream(
-                self.config, self.reactor, self._data, self._meta, self.stats, self._complete
-            )
-        else:
-            sizes = self._handshake.peer_sizes
-            sectors = sizes.c_size if sizes else self.config.device_size // 512
-            self._role = SecondaryVerifier(
-                self.reactor, self._data, self._meta, self.stats, sectors, self._complete,
-                self.config.corpus,
-            )
+        self._role = _role(self.config, self.reactor, self._data, self._meta, self.stats,
+                           self._handshake, self._complete)
         self._role.start()
-        if self._stop_writing and isinstance(self._role, PrimaryStream):
-            self._role.endWriting()
         early, self._early_meta = self._early_meta, []
         for packet in early:
             self._dispatch(self._meta, packet)
@@ -344,6 +324,30 @@ class Node:
 
     def _showProgress(self) -> None:
         self.log(f"progress: {self.stats.bytes} bytes, {self.stats.writes} writes")
+
+
+def _role(config: SimConfig, reactor: Any, data: DrbdSocket, meta: DrbdSocket, stats: Stats,
+          handshake: Handshake, complete: Callable[[], None]
+          ) -> PrimaryStream | SecondaryVerifier:
+    """What a node does once connected: write (primary), or receive and verify (secondary)."""
+    if config.primary:
+        return PrimaryStream(config, reactor, data, meta, stats, complete)
+    sizes = handshake.peer_sizes
+    sectors = sizes.c_size if sizes else config.device_size // 512
+    return SecondaryVerifier(reactor, data, meta, stats, sectors, complete, config.corpus)
+
+
+def _report_fields(config: SimConfig, handshake: Handshake | None, workload: str | None
+                   ) -> dict[str, Any]:
+    """The node-specific fields of its report."""
+    fields: dict[str, Any] = {
+        "protocol": config.protocol.name,
+        "workload": workload,
+        "agreed_version": handshake.agreed_version if handshake else None,
+    }
+    if workload == "corpus" and config.corpus is not None:
+        fields["corpus"] = config.corpus.describe()
+    return fields
 
 
 def _fmt(addr: tuple[str, int]) -> str:
